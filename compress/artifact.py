@@ -1,0 +1,307 @@
+"""Artifacts: a loadable model directory plus the manifest of how it was made.
+
+Writes are atomic. Everything is built in a sibling `DIR.tmp-*` directory and renamed into place
+only after the manifest, written last, is on disk; any exception removes the staging directory, so
+an interrupted command never leaves a loadable-looking half artifact behind. Only safetensors
+weights are written or read.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from safetensors import safe_open
+
+from compress.errors import CompressError
+from compress.modeling import MANIFEST_NAME, ModelSource, fingerprint_files
+from compress.version import __version__
+
+MANIFEST_SCHEMA_VERSION = 1
+TRACKED_LIBRARIES = (
+    "torch",
+    "transformers",
+    "safetensors",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "bitsandbytes",
+    "lm-eval",
+)
+
+
+class Lineage(BaseModel):
+    """Where an artifact came from: the original model, and the artifact it was made from if any."""
+
+    source: dict[str, Any]
+    parent: dict[str, Any] | None = None
+
+
+class Manifest(BaseModel):
+    """`compress.json`: everything needed to know, and redo, how an artifact was made."""
+
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    tool: dict[str, str] = Field(default_factory=lambda: {"name": "compress", "version": __version__})
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    command: str
+    recipe: dict[str, Any] | None = None
+    lineage: Lineage
+    method: str
+    parameters: dict[str, Any]
+    format: str
+    calibration: dict[str, Any] | None = None
+    seed: int | None = None
+    model: dict[str, Any] = Field(default_factory=dict)
+    sha256: str = ""
+    phases: list[dict[str, Any]] = Field(default_factory=list)
+    libraries: dict[str, str | None] = Field(default_factory=dict)
+    device: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries that decide an artifact's numbers (None when not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_description(device: torch.device) -> dict[str, Any]:
+    """The device a phase ran on, as the manifest records it."""
+    info: dict[str, Any] = {"type": device.type, "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+    else:
+        info["name"] = platform.processor() or platform.machine()
+    return info
+
+
+def lineage_for(source: ModelSource) -> Lineage:
+    """A new artifact's lineage: its root source model, and its parent when made from an artifact."""
+    entry = source.lineage()
+    if source.is_artifact:
+        parent_lineage = entry.get("lineage") or {}
+        return Lineage(source=parent_lineage.get("source", entry), parent=entry)
+    return Lineage(source=entry)
+
+
+def command_line() -> str:
+    """The command as typed, for the manifest (the Python API records how it was called instead)."""
+    program = Path(sys.argv[0]).name if sys.argv else "python"
+    return " ".join([program, *sys.argv[1:]])
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+
+def check_output_path(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse before any work starts: an existing `out` without `--force`, or `out` being an input."""
+    for path in inputs:
+        if out.resolve() == path.resolve():
+            raise CompressError(f"--out '{out}' is the input model itself; choose another directory")
+    if out.exists() and not force:
+        raise CompressError(f"output '{out}' already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise CompressError(f"output '{out}' exists and is not a directory")
+
+
+@contextmanager
+def staged_directory(out: Path, force: bool = False, marker: str = MANIFEST_NAME) -> Iterator[Path]:
+    """Yield a staging directory; on success it replaces `out`, on any exception it is removed.
+
+    `marker` is the file written last (the manifest for artifacts): publishing without it is a bug.
+    """
+    out = Path(out)
+    check_output_path(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f"{out.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = out.parent / f"{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        if not (staging / marker).is_file():
+            raise RuntimeError(f"internal error: {out} was staged without its {marker}")
+        _publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Rename the finished staging directory into place, replacing an old `out` only at the end."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    retired = out.parent / f"{out.name}.old-{uuid.uuid4().hex[:8]}"
+    out.rename(retired)
+    staging.rename(out)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+#: Tokenizer and generation files copied verbatim from the source, so an artifact tokenizes exactly
+#: like its parent (re-saving a tokenizer can rewrite it).
+TOKENIZER_FILE_PATTERNS = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "*.model",
+    "*.tiktoken",
+    "chat_template*",
+)
+
+
+def save_model_files(model: torch.nn.Module, source_dir: Path, directory: Path) -> None:
+    """Weights as safetensors and config via transformers; tokenizer files copied from the source."""
+    model.save_pretrained(directory)
+    for pattern in TOKENIZER_FILE_PATTERNS:
+        for file in Path(source_dir).glob(pattern):
+            if file.is_file():
+                shutil.copy2(file, directory / file.name)
+    unexpected = [p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    if unexpected:
+        raise RuntimeError(f"internal error: pickle weights were written: {unexpected}")
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Write `compress.json`, stamping it with the fingerprint of the files beside it."""
+    manifest.sha256 = fingerprint_files(directory)
+    (directory / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
+
+
+def read_manifest(directory: Path) -> Manifest | None:
+    """The manifest of an artifact, or None for a plain model directory."""
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise CompressError(f"{path} is not a valid compress manifest: {exc}") from exc
+
+
+# --- describing what is on disk ------------------------------------------------------------------
+
+
+def _tensor_data_bytes(file: Path) -> int:
+    """Bytes of tensor data in a safetensors file: its size less the 8-byte length and JSON header."""
+    with open(file, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+    return file.stat().st_size - 8 - header_length
+
+
+def weight_statistics(directory: Path) -> dict[str, Any]:
+    """Sizes and parameter counts read from the safetensors headers, without loading any weight.
+
+    Bits per weight counts tensor data only (the convention of quantization papers and llama.cpp);
+    the headers are in `weight_bytes`, the size on disk.
+    """
+    files = sorted(Path(directory).glob("*.safetensors"))
+    weight_bytes = sum(f.stat().st_size for f in files)
+    data_bytes = sum(_tensor_data_bytes(f) for f in files)
+    parameters = 0
+    dtypes: dict[str, int] = {}
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                tensor_slice = handle.get_slice(name)
+                count = 1
+                for dim in tensor_slice.get_shape():
+                    count *= dim
+                parameters += count
+                dtype = tensor_slice.get_dtype()
+                dtypes[dtype] = dtypes.get(dtype, 0) + count
+    return {
+        "weight_files": [f.name for f in files],
+        "weight_bytes": weight_bytes,
+        "parameters": parameters,
+        "parameters_by_dtype": dtypes,
+        "tensor_bytes": data_bytes,
+        "bits_per_weight": round(8 * data_bytes / parameters, 4) if parameters else None,
+    }
+
+
+def directory_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())
+
+
+def describe(directory: Path) -> dict[str, Any]:
+    """What `compress inspect` shows: manifest, lineage, size, parameter count, bits per weight."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CompressError(f"'{directory}' is not a directory")
+    if not (directory / "config.json").is_file():
+        raise CompressError(f"'{directory}' has no config.json, so it is not a model or artifact")
+    config = json.loads((directory / "config.json").read_text())
+    manifest = read_manifest(directory)
+    return {
+        "path": str(directory),
+        "is_artifact": manifest is not None,
+        "architecture": (config.get("architectures") or [None])[0],
+        "model_type": config.get("model_type"),
+        "quantization_config": config.get("quantization_config"),
+        "disk_bytes": directory_bytes(directory),
+        **weight_statistics(directory),
+        "manifest": manifest.model_dump() if manifest else None,
+    }
+
+
+def write_model_card(directory: Path, manifest: Manifest, results_markdown: str | None = None) -> None:
+    """A `README.md` model card: what this is, how it was made, how to load it, and its results."""
+    source = manifest.lineage.source
+    parent = manifest.lineage.parent
+    lines = [
+        f"# {directory.name.split('.tmp-')[0]}",
+        "",
+        f"Made by `compress` {manifest.tool['version']} with method **{manifest.method}** "
+        f"(format: {manifest.format}).",
+        "",
+        "## Lineage",
+        "",
+        f"- source model: `{source.get('reference')}` (sha256 `{str(source.get('sha256'))[:16]}…`"
+        + (f", revision `{source['revision']}`" if source.get("revision") else "")
+        + ")",
+    ]
+    if parent:
+        lines.append(f"- parent artifact: `{parent.get('path')}` (method {parent.get('method')})")
+    lines += [
+        f"- command: `{manifest.command}`",
+        "",
+        "## Parameters",
+        "",
+        "```json",
+        json.dumps(manifest.parameters, indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'model = AutoModelForCausalLM.from_pretrained("PATH")',
+        'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+        "```",
+        "",
+        "## Results",
+        "",
+        results_markdown or "Not evaluated yet: run `compress eval` on this directory.",
+        "",
+    ]
+    (directory / "README.md").write_text("\n".join(lines))

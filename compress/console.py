@@ -1,0 +1,44 @@
+"""Terminal output shared by the CLI and the library: one console, quiet and JSON modes, progress.
+
+Results go to stdout; progress, notices and errors go to stderr, so `--json` output stays clean to
+pipe into other tools.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+@dataclass
+class OutputMode:
+    quiet: bool = False
+    json: bool = False
+    debug: bool = False
+
+
+mode = OutputMode()
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def notice(message: str) -> None:
+    """An informational line on stderr, silenced by --quiet."""
+    if not mode.quiet:
+        stderr.print(message)
+
+
+def progress() -> Progress:
+    """A progress bar on stderr, disabled by --quiet and --json."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=stderr,
+        disable=mode.quiet or mode.json,
+        transient=True,
+    )

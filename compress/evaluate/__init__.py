@@ -1,0 +1,1 @@
+"""The shared eval harness: every artifact is scored the same way against its baseline."""

@@ -1,0 +1,343 @@
+"""Finding, loading and walking causal language models.
+
+Every technique needs the same three things from a model: where its files are (a local directory
+or a hub snapshot, with a fingerprint for the manifest's lineage), the loaded `transformers` model
+on the right device and dtype, and a map of its decoder blocks and their linear layers. The map is
+discovered from the module tree itself (the `ModuleList` with one entry per hidden layer, and the
+`Linear`/`Conv1D` modules inside each block), so a new architecture needs no per-call-site code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.errors import CompressError, UnsupportedArchitectureError
+
+MANIFEST_NAME = "compress.json"
+
+#: Architectures whose block discovery, loading and saving are covered by the test-suite.
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "phi3",
+    "gpt2",
+    "opt",
+)
+
+#: Files fetched from the hub: configs, tokenizers and safetensors weights (never pickles).
+HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPE_CHOICES = ("auto", *_DTYPES)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are and what they are, as the manifest's lineage records it."""
+
+    reference: str  # what the user passed: a path or a hub id
+    path: Path  # local directory holding config.json
+    revision: str | None  # hub commit hash when the model came from the hub
+    sha256: str  # fingerprint of the config and weight files
+    is_artifact: bool  # the directory was written by `compress` (has compress.json)
+
+    def lineage(self) -> dict[str, Any]:
+        """The manifest's `source`/`parent` entry for this model."""
+        entry: dict[str, Any] = {
+            "reference": self.reference,
+            "path": str(self.path.resolve()),
+            "revision": self.revision,
+            "sha256": self.sha256,
+        }
+        if self.is_artifact:
+            manifest = json.loads((self.path / MANIFEST_NAME).read_text())
+            entry["method"] = manifest.get("method")
+            entry["lineage"] = manifest.get("lineage")
+        return entry
+
+
+def _looks_like_local_path(reference: str) -> bool:
+    return (
+        reference.startswith((".", "/", "~"))
+        or os.path.isabs(reference)
+        or reference.count("/") > 1
+        or Path(reference).exists()
+    )
+
+
+def fingerprint_files(directory: Path) -> str:
+    """sha256 over the names and bytes of a model's config and weight files.
+
+    The weights are read in full: a fingerprint of headers or sizes would miss a re-trained model.
+    """
+    digest = hashlib.sha256()
+    names = sorted(p.name for p in directory.iterdir() if p.name == "config.json" or p.suffix == ".safetensors")
+    for name in names:
+        digest.update(name.encode())
+        with open(directory / name, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download_from_hub(repo_id: str, revision: str | None) -> Path:
+    """Fetch (or find in the local cache) a hub snapshot; every hub failure becomes one sentence."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILE_PATTERNS))
+    except HFValidationError as exc:
+        raise CompressError(f"'{repo_id}' is neither an existing directory nor a valid hub model id") from exc
+    except LocalEntryNotFoundError as exc:
+        raise CompressError(
+            f"model '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached "
+            "(offline); download it once with network access or pass a local directory"
+        ) from exc
+    except GatedRepoError as exc:
+        raise CompressError(f"model '{repo_id}' is gated: accept its licence on the hub and log in") from exc
+    except RepositoryNotFoundError as exc:
+        raise CompressError(f"model '{repo_id}' does not exist on the hub (or is private: log in)") from exc
+    except RevisionNotFoundError as exc:
+        raise CompressError(f"model '{repo_id}' has no revision '{revision}'") from exc
+    except OSError as exc:
+        raise CompressError(f"could not download '{repo_id}' from the hub: {exc}") from exc
+
+
+def resolve_model(reference: str | Path, revision: str | None = None) -> ModelSource:
+    """Turn a path or hub id into a local directory with a fingerprint, or a one-line error."""
+    text = str(reference)
+    if _looks_like_local_path(text):
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise CompressError(f"model path '{text}' does not exist")
+        if not path.is_dir():
+            raise CompressError(f"model path '{text}' is a file; pass the model's directory")
+        hub_revision = None
+    else:
+        path = _download_from_hub(text, revision)
+        hub_revision = path.name  # snapshot directories are named by commit hash
+    if not (path / "config.json").is_file():
+        raise CompressError(f"'{text}' has no config.json, so it is not a transformers model directory")
+    return ModelSource(
+        reference=text,
+        path=path,
+        revision=hub_revision,
+        sha256=fingerprint_files(path),
+        is_artifact=(path / MANIFEST_NAME).is_file(),
+    )
+
+
+def load_config(source: ModelSource, trust_remote_code: bool = False):
+    """Load and check `config.json`: a causal LM of a supported architecture."""
+    from transformers import AutoConfig
+
+    try:
+        raw = json.loads((source.path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CompressError(f"{source.path / 'config.json'} is not valid JSON: {exc}") from exc
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES and not trust_remote_code:
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture '{model_type}'; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    try:
+        return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError, KeyError) as exc:
+        raise CompressError(f"cannot read the config of '{source.reference}': {exc}") from exc
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` is CUDA when present, else the CPU; anything else must be a device torch knows."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise CompressError(f"unknown device '{device}'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CompressError(f"device '{device}' was asked for but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """Map a dtype name to torch; `auto` keeps the checkpoint's own dtype."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in _DTYPES:
+        raise CompressError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPE_CHOICES)}")
+    return _DTYPES[dtype]
+
+
+def load_model(
+    source: ModelSource,
+    dtype: str | torch.dtype = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """Load a causal LM from safetensors only, in eval mode, on the resolved device."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(source, trust_remote_code)
+    target = resolve_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path,
+            config=config,
+            dtype=resolve_dtype(dtype),
+            device_map=str(target),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CompressError(f"cannot load the model in '{source.reference}': {first_line}") from exc
+    return model.eval()
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+    """The model's tokenizer; every technique that reads text needs it."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CompressError(f"cannot load a tokenizer from '{source.reference}': {exc}") from exc
+
+
+# --- walking the module tree -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """A weight matrix inside a decoder block.
+
+    GPT-2's `Conv1D` stores its weight as [in, out]; `transposed` records that so quantizers can
+    treat every layer as an [out, in] matrix.
+    """
+
+    name: str
+    module: nn.Module
+    in_features: int
+    out_features: int
+    transposed: bool
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    """The parts of a causal LM that the techniques touch, found in the module tree."""
+
+    blocks_path: str
+    blocks: nn.ModuleList
+    embeddings: nn.Module
+    final_norm: nn.Module | None
+    lm_head: nn.Module | None
+
+    def linear_layers(self, index: int) -> list[LinearLayer]:
+        return find_linear_layers(self.blocks[index])
+
+
+def _num_hidden_layers(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text_config, "num_hidden_layers", None)
+
+
+def _parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def find_decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The `ModuleList` of decoder blocks: one entry per hidden layer, all of one class.
+
+    When several lists qualify (a vision tower beside the text stack, say) the one holding the most
+    parameters wins, which is the language model's stack.
+    """
+    expected = _num_hidden_layers(model)
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList)
+        and len(module) > 0
+        and (expected is None or len(module) == expected)
+        and len({type(block) for block in module}) == 1
+        and find_linear_layers(module[0])
+    ]
+    if not candidates:
+        raise UnsupportedArchitectureError(
+            f"cannot find the decoder blocks of {type(model).__name__}: no list of {expected} "
+            "identical blocks with linear layers"
+        )
+    return max(candidates, key=lambda item: _parameter_count(item[1]))
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    # transformers' GPT-2 style Conv1D: a linear layer whose weight is stored [in, out].
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+
+
+def find_linear_layers(block: nn.Module) -> list[LinearLayer]:
+    """Every `Linear` and `Conv1D` in a block, in registration order, with its matrix shape."""
+    layers = []
+    for name, module in block.named_modules():
+        if isinstance(module, nn.Linear):
+            layers.append(LinearLayer(name, module, module.in_features, module.out_features, False))
+        elif _is_conv1d(module):
+            in_features, out_features = module.weight.shape
+            layers.append(LinearLayer(name, module, in_features, out_features, True))
+    return layers
+
+
+def _final_norm(parent: nn.Module, blocks: nn.ModuleList) -> nn.Module | None:
+    """The norm applied after the blocks: a norm child of the blocks' parent (`norm`, `ln_f`, …).
+
+    Most models register it after the blocks; OPT registers `final_layer_norm` before them, so a
+    norm registered earlier counts too unless its name says it belongs to the embeddings.
+    """
+    before, after = [], []
+    seen_blocks = False
+    for name, child in parent.named_children():
+        if child is blocks:
+            seen_blocks = True
+        elif "norm" in type(child).__name__.lower():
+            (after if seen_blocks else before).append((name, child))
+    candidates = after or [(name, child) for name, child in before if "emb" not in name]
+    return candidates[0][1] if candidates else None
+
+
+def discover_layout(model: nn.Module) -> DecoderLayout:
+    """Find blocks, embeddings, final norm and head of a causal LM from its module tree."""
+    blocks_path, blocks = find_decoder_blocks(model)
+    parent_path = blocks_path.rsplit(".", 1)[0] if "." in blocks_path else ""
+    parent = model.get_submodule(parent_path)
+    return DecoderLayout(
+        blocks_path=blocks_path,
+        blocks=blocks,
+        embeddings=model.get_input_embeddings(),
+        final_norm=_final_norm(parent, blocks),
+        lm_head=model.get_output_embeddings(),
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters counted once each, so tied embeddings are not counted twice."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,93 @@
+"""Rich renderings of library results for the terminal (the CLI's only formatting code)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+
+
+def format_bytes(count: int | None) -> str:
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_count(count: int | None) -> str:
+    if count is None:
+        return "-"
+    for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= threshold:
+            return f"{count / threshold:.2f}{suffix}"
+    return str(count)
+
+
+def _key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _lineage_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    lineage = manifest["lineage"]
+    source = lineage["source"]
+    rows = [("source model", f"{source.get('reference')}  sha256 {str(source.get('sha256'))[:12]}")]
+    if source.get("revision"):
+        rows.append(("source revision", source["revision"]))
+    parent = lineage.get("parent")
+    while parent:
+        rows.append(("parent", f"{parent.get('path')}  ({parent.get('method')})"))
+        parent = (parent.get("lineage") or {}).get("parent")
+    return rows
+
+
+def inspect_view(info: dict[str, Any]) -> Group:
+    """`compress inspect`: what the directory is, its size, and (for artifacts) how it was made."""
+    rows = [
+        ("path", info["path"]),
+        ("kind", "compress artifact" if info["is_artifact"] else "model directory (no compress.json)"),
+        ("architecture", f"{info['architecture']} ({info['model_type']})"),
+        ("parameters", f"{format_count(info['parameters'])} ({info['parameters']:,})"),
+        ("weights", f"{format_bytes(info['weight_bytes'])} in {len(info['weight_files'])} safetensors file(s)"),
+        ("bits per weight", f"{info['bits_per_weight']}"),
+        ("disk", format_bytes(info["disk_bytes"])),
+        ("dtypes", ", ".join(f"{k}: {format_count(v)}" for k, v in info["parameters_by_dtype"].items())),
+    ]
+    if info.get("quantization_config"):
+        rows.append(("quantization", str(info["quantization_config"].get("quant_method"))))
+    parts: list[Any] = [_key_value_table("Model", rows)]
+    manifest = info.get("manifest")
+    if manifest:
+        made = [
+            ("method", manifest["method"]),
+            ("format", manifest["format"]),
+            ("parameters", ", ".join(f"{k}={v}" for k, v in manifest["parameters"].items())),
+            ("created", f"{manifest['created']} by compress {manifest['tool']['version']}"),
+            ("command", manifest["command"]),
+            *_lineage_rows(manifest),
+        ]
+        if manifest.get("calibration"):
+            calib = manifest["calibration"]
+            made.append(("calibration", f"{calib['source']}: {calib['samples']} × {calib['seq_len']} tokens"))
+        parts.append(_key_value_table("How it was made", made))
+        phases = Table(title="Phases", title_justify="left")
+        for column in ("phase", "wall", "peak RSS", "peak CUDA"):
+            phases.add_column(column, justify="left" if column == "phase" else "right")
+        for phase in manifest["phases"]:
+            phases.add_row(
+                phase["name"],
+                f"{phase['wall_s']:.2f} s",
+                format_bytes(phase["peak_rss_bytes"]),
+                format_bytes(phase.get("peak_cuda_bytes")),
+            )
+        parts.append(phases)
+    return Group(*parts)

@@ -1,0 +1,150 @@
+"""Shared fixtures: offline mode, tiny models of every supported architecture, the trained demo model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+# Every test runs offline, as CI does; set before transformers/datasets/huggingface_hub are imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The demo model is cached inside the checkout: a fresh clone builds it, a local re-run reuses it.
+os.environ.setdefault("COMPRESS_CACHE_DIR", str(REPO_ROOT / ".cache" / "compress"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from compress import cli, console  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED = REPO_ROOT.parent / "shared"
+STORIES_MODEL = SHARED / "models" / "stories260K"
+TINYSTORIES_TEXT = SHARED / "data" / "tinystories" / "tinystories_valid_first1000.txt"
+
+TINY_VOCAB = 300
+
+
+def _tiny_configs() -> dict[str, object]:
+    """One tiny config per supported architecture (2 blocks, hidden 32), each with its quirks."""
+    from transformers import (
+        GemmaConfig,
+        GPT2Config,
+        LlamaConfig,
+        MistralConfig,
+        OPTConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
+
+    common = dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    return {
+        "llama": LlamaConfig(**common),
+        "mistral": MistralConfig(**common, sliding_window=None),
+        "qwen2": Qwen2Config(**common),
+        "qwen3": Qwen3Config(**common, head_dim=8),
+        "gemma": GemmaConfig(**common, head_dim=8),
+        "phi3": Phi3Config(**common, pad_token_id=0),
+        "gpt2": GPT2Config(vocab_size=TINY_VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128),
+        "opt": OPTConfig(
+            vocab_size=TINY_VOCAB,
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            word_embed_proj_dim=32,
+        ),
+    }
+
+
+ARCHITECTURES = tuple(_tiny_configs())
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A small byte-level BPE tokenizer (trained in a second) saved as a directory."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    text = [f"def function_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(200)]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(text, vocab_size=TINY_VOCAB, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    path = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Callable[[str], Path]:
+    """`tiny_model_dir("phi3")`: a saved random tiny model of that architecture, with a tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    configs = _tiny_configs()
+    made: dict[str, Path] = {}
+
+    def make(architecture: str) -> Path:
+        if architecture not in made:
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(configs[architecture])
+            path = tmp_path_factory.mktemp(f"tiny-{architecture}")
+            model.save_pretrained(path)
+            for file in tiny_tokenizer_dir.iterdir():
+                (path / file.name).write_bytes(file.read_bytes())
+            made[architecture] = path
+        return made[architecture]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> tuple[Path, dict]:
+    """The trained demo model at the test budget (`--fast`), built once per cache."""
+    from compress.demo import demo_model
+
+    return demo_model(fast=True)
+
+
+@pytest.fixture
+def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
+    """Run the CLI in-process: returns (exit code, stdout, stderr)."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main([str(a) for a in argv])
+        console.mode.quiet = console.mode.json = console.mode.debug = False
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    """The CLI's contract for bad input: exit 2, exactly one line on stderr, no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, f"exit code {code}, stderr: {err}"
+    assert len(lines) == 1, f"expected one line, got: {err!r}"
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
