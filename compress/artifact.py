@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,10 +99,10 @@ def lineage_for(source: ModelSource) -> Lineage:
     return Lineage(source=entry)
 
 
-def command_line() -> str:
-    """The command as typed, for the manifest (the Python API records how it was called instead)."""
-    program = Path(sys.argv[0]).name if sys.argv else "python"
-    return " ".join([program, *sys.argv[1:]])
+def api_call(function: str, *args: Any, **kwargs: Any) -> str:
+    """How a Python API call is recorded in a manifest's `command` (the CLI records its argv)."""
+    parts = [repr(str(a)) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items() if v is not None]
+    return f"compress.{function}({', '.join(parts)})"
 
 
 # --- atomic writes -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import traceback
 from enum import Enum
@@ -21,6 +22,7 @@ from compress.quantize.config import METHOD_BITS
 from compress.version import __version__
 
 INTERNAL_ERROR_EXIT = 3
+_invocation: list[str] = []  # the arguments of this run, recorded verbatim in manifests
 
 app = typer.Typer(
     name="compress",
@@ -43,7 +45,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def global_options(
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only results and errors; no progress or notices."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Only results and errors; no progress or notices."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout."),
     debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error."),
     version: bool = typer.Option(
@@ -53,7 +57,13 @@ def global_options(
     """Quantize, prune and distill Hugging Face causal LMs; every command writes a loadable artifact."""
     console.mode.quiet = quiet
     console.mode.json = json_output
+    if quiet or json_output:  # read by huggingface_hub and transformers when they are imported
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     console.mode.debug = debug or console.mode.debug
+
+
+def _command() -> str:
+    return shlex.join(["compress", *_invocation])
 
 
 def _emit_json(payload: object) -> None:
@@ -67,11 +77,17 @@ def _emit_json(payload: object) -> None:
 def quantize(
     model: str = typer.Argument(..., help="A model directory, a hub id, or a compress artifact."),
     method: QuantMethod | None = typer.Option(None, "--method", "-m", help="Quantization method."),
-    bits: int | None = typer.Option(None, "--bits", "-b", help="Bit width; chooses the method if none given."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: compressed/<model>-<method>)."),
+    bits: int | None = typer.Option(
+        None, "--bits", "-b", help="Bit width; chooses the method if none given."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output directory (default: compressed/<model>-<method>)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, …"),
     force: bool = typer.Option(False, "--force", "-f", help="Replace --out if it exists."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model repo's own code."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run the model repo's own code."
+    ),
 ) -> None:
     """Quantize a model's weights and write an artifact."""
     from compress.artifact import describe
@@ -86,6 +102,7 @@ def quantize(
         device=device,
         force=force,
         trust_remote_code=trust_remote_code,
+        command=_command(),
     )
     if console.mode.json:
         _emit_json({"artifact": str(path), **describe(path)})
@@ -112,6 +129,44 @@ def inspect(
         console.stdout.print(inspect_view(info))
 
 
+@app.command(
+    epilog="Examples:\n\n  compress data ../shared/data/tinystories/ --tokenizer ./my-model --samples 128\n\n"
+    "  compress data hf:wikitext:wikitext-2-raw-v1:test --tokenizer gpt2 --sequential --seq-len 1024",
+)
+def data(
+    source: str = typer.Argument(
+        ..., help="A file, directory, hf:NAME[:CONFIG][:SPLIT] or builtin:python-stdlib."
+    ),
+    tokenizer: str = typer.Option(
+        ..., "--tokenizer", "-t", help="Model directory or hub id with the tokenizer."
+    ),
+    seq_len: int = typer.Option(2048, "--seq-len", help="Tokens per window."),
+    samples: int = typer.Option(128, "--samples", help="Windows to sample (calibration mode)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (calibration mode)."),
+    sequential: bool = typer.Option(False, "--sequential", help="Windows in document order (eval mode)."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Token budget in eval mode."),
+) -> None:
+    """Show exactly which tokens a data source yields, and their fingerprint."""
+    from compress.data import sample_windows, sequential_windows
+    from compress.modeling import load_tokenizer, resolve_model
+
+    loaded = load_tokenizer(resolve_model(tokenizer))
+    if sequential:
+        windows = sequential_windows(loaded, source, seq_len, max_tokens)
+    else:
+        windows = sample_windows(loaded, source, samples, seq_len, seed)
+    fingerprint = windows.fingerprint.as_dict()
+    if console.mode.json:
+        _emit_json(fingerprint)
+        return
+    preview = loaded.decode(windows.input_ids[0][:48])
+    console.stdout.print(
+        f"{fingerprint['samples']} windows × {fingerprint['seq_len']} tokens = "
+        f"{fingerprint['tokens']:,} tokens from {source}\n"
+        f"sha256 {fingerprint['sha256']}\nfirst window starts: {preview!r}"
+    )
+
+
 @app.command(epilog="Examples:\n\n  compress demo\n\n  compress demo --fast --out /tmp/demo")
 def demo(
     fast: bool = typer.Option(False, "--fast", help="A smaller, quicker demo model (what the tests use)."),
@@ -125,7 +180,7 @@ def demo(
     from compress.render import inspect_view
 
     model_dir, record = demo_model(fast=fast, rebuild=rebuild)
-    artifact = run_quantize(model_dir, out / "fp16", method="fp16", force=True)
+    artifact = run_quantize(model_dir, out / "fp16", method="fp16", force=True, command=_command())
     if console.mode.json:
         _emit_json({"model": str(model_dir), "record": record, "artifact": describe(artifact)})
         return
@@ -143,6 +198,7 @@ def demo(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning every failure into one line and an exit code."""
     console.mode.debug = bool(os.environ.get("COMPRESS_DEBUG"))
+    _invocation[:] = sys.argv[1:] if argv is None else argv
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="compress", standalone_mode=False)
@@ -161,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(str(exc), exc)
         return exc.exit_code
     except Exception as exc:
-        _print_error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", exc)
+        _print_error(
+            f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", exc
+        )
         return INTERNAL_ERROR_EXIT
 
 

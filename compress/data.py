@@ -31,7 +31,9 @@ SCHEMES = ("hf", "builtin")
 BUILTIN_SOURCES = ("python-stdlib",)
 STDLIB_SPLITS = ("train", "heldout")
 STDLIB_HELDOUT_PERCENT = 10
-_STDLIB_SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+_STDLIB_SKIPPED_DIRS = frozenset(
+    {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+)
 
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 WHOLE_FILE_SUFFIXES = frozenset({".py", ".md", ".rst"})
@@ -218,7 +220,9 @@ def _hub_documents(source: TextSource, shuffle_seed: int | None) -> Iterator[str
         stream = datasets.load_dataset(source.location, source.config, split=source.split, streaming=True)
         if shuffle_seed is not None:
             stream = stream.shuffle(seed=shuffle_seed, buffer_size=10_000)
-        column = _text_column(list(stream.column_names or []), stream.features or {}, source.column, source.spec)
+        column = _text_column(
+            list(stream.column_names or []), stream.features or {}, source.column, source.spec
+        )
     except CompressError:
         raise
     except Exception as exc:  # offline, missing, gated: datasets uses many exception types
@@ -262,12 +266,22 @@ def stdlib_files(split: str) -> list[Path]:
 
 def _token_stream(tokenizer, documents: Iterator[str], separator: str, needed: int | None) -> list[int]:
     """Token ids of the documents joined by `separator`, stopping once `needed` ids are collected."""
+    from transformers.utils import logging as hf_logging
+
     separator_ids = tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
     ids: list[int] = []
     chunk: list[str] = []
 
     def flush() -> None:
-        for encoded in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+        # Documents longer than the model's context are expected here (they are cut into windows
+        # afterwards), so transformers' "sequence length is longer than" warning is silenced.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            encoded_chunk = tokenizer(chunk, add_special_tokens=False)["input_ids"]
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        for encoded in encoded_chunk:
             if ids:
                 ids.extend(separator_ids)
             ids.extend(encoded)

@@ -37,7 +37,7 @@ class DemoRecipe(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    vocab_size: int = 4096
+    vocab_size: int = 2048
     hidden_size: int = 256
     intermediate_size: int = 688  # 128 does not divide it: group-size fallbacks get exercised
     num_layers: int = 4
@@ -45,7 +45,7 @@ class DemoRecipe(BaseModel):
     num_kv_heads: int = 4  # grouped-query attention, like current Llamas
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 240
+    steps: int = 300
     learning_rate: float = 3e-3
     warmup_steps: int = 20
     weight_decay: float = 0.1
@@ -56,13 +56,14 @@ class DemoRecipe(BaseModel):
 
 FULL_RECIPE = DemoRecipe()
 FAST_RECIPE = DemoRecipe(
-    vocab_size=2048,
+    vocab_size=1024,
     hidden_size=128,
     intermediate_size=344,
     num_layers=3,
     num_heads=4,
     num_kv_heads=2,
-    steps=160,
+    steps=240,
+    learning_rate=4e-3,
     tokenizer_chars=1_500_000,
     eval_tokens=32_768,
 )

@@ -82,7 +82,9 @@ def fingerprint_files(directory: Path) -> str:
     The weights are read in full: a fingerprint of headers or sizes would miss a re-trained model.
     """
     digest = hashlib.sha256()
-    names = sorted(p.name for p in directory.iterdir() if p.name == "config.json" or p.suffix == ".safetensors")
+    names = sorted(
+        p.name for p in directory.iterdir() if p.name == "config.json" or p.suffix == ".safetensors"
+    )
     for name in names:
         digest.update(name.encode())
         with open(directory / name, "rb") as handle:

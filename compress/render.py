@@ -57,7 +57,10 @@ def inspect_view(info: dict[str, Any]) -> Group:
         ("kind", "compress artifact" if info["is_artifact"] else "model directory (no compress.json)"),
         ("architecture", f"{info['architecture']} ({info['model_type']})"),
         ("parameters", f"{format_count(info['parameters'])} ({info['parameters']:,})"),
-        ("weights", f"{format_bytes(info['weight_bytes'])} in {len(info['weight_files'])} safetensors file(s)"),
+        (
+            "weights",
+            f"{format_bytes(info['weight_bytes'])} in {len(info['weight_files'])} safetensors file(s)",
+        ),
         ("bits per weight", f"{info['bits_per_weight']}"),
         ("disk", format_bytes(info["disk_bytes"])),
         ("dtypes", ", ".join(f"{k}: {format_count(v)}" for k, v in info["parameters_by_dtype"].items())),

@@ -55,7 +55,11 @@ def test_directory_reads_each_file_in_sorted_order(tmp_path):
     (tmp_path / "a.py").write_text("def first():\n\n    return 1\n")
     (tmp_path / "ignored.bin").write_bytes(b"\x00\x01")
     (tmp_path / ".hidden.txt").write_text("not read")
-    assert list(iter_documents(str(tmp_path))) == ["def first():\n\n    return 1\n", "second doc", "third doc"]
+    assert list(iter_documents(str(tmp_path))) == [
+        "def first():\n\n    return 1\n",
+        "second doc",
+        "third doc",
+    ]
 
 
 def test_builtin_stdlib_split_is_fixed_and_disjoint():

@@ -21,14 +21,35 @@ from compress.modeling import (
 # The linear layers each architecture's block must expose: (name, in_features, out_features).
 # hidden 32, 4 query heads of 8, 2 KV heads, MLP 64 (GPT-2: 4 × hidden).
 EXPECTED_LINEARS = {
-    "llama": [("self_attn.q_proj", 32, 32), ("self_attn.k_proj", 32, 16), ("self_attn.v_proj", 32, 16),
-              ("self_attn.o_proj", 32, 32), ("mlp.gate_proj", 32, 64), ("mlp.up_proj", 32, 64),
-              ("mlp.down_proj", 64, 32)],
-    "phi3": [("self_attn.o_proj", 32, 32), ("self_attn.qkv_proj", 32, 64), ("mlp.gate_up_proj", 32, 128),
-             ("mlp.down_proj", 64, 32)],
-    "gpt2": [("attn.c_attn", 32, 96), ("attn.c_proj", 32, 32), ("mlp.c_fc", 32, 128), ("mlp.c_proj", 128, 32)],
-    "opt": [("self_attn.k_proj", 32, 32), ("self_attn.v_proj", 32, 32), ("self_attn.q_proj", 32, 32),
-            ("self_attn.out_proj", 32, 32), ("fc1", 32, 64), ("fc2", 64, 32)],
+    "llama": [
+        ("self_attn.q_proj", 32, 32),
+        ("self_attn.k_proj", 32, 16),
+        ("self_attn.v_proj", 32, 16),
+        ("self_attn.o_proj", 32, 32),
+        ("mlp.gate_proj", 32, 64),
+        ("mlp.up_proj", 32, 64),
+        ("mlp.down_proj", 64, 32),
+    ],
+    "phi3": [
+        ("self_attn.o_proj", 32, 32),
+        ("self_attn.qkv_proj", 32, 64),
+        ("mlp.gate_up_proj", 32, 128),
+        ("mlp.down_proj", 64, 32),
+    ],
+    "gpt2": [
+        ("attn.c_attn", 32, 96),
+        ("attn.c_proj", 32, 32),
+        ("mlp.c_fc", 32, 128),
+        ("mlp.c_proj", 128, 32),
+    ],
+    "opt": [
+        ("self_attn.k_proj", 32, 32),
+        ("self_attn.v_proj", 32, 32),
+        ("self_attn.q_proj", 32, 32),
+        ("self_attn.out_proj", 32, 32),
+        ("fc1", 32, 64),
+        ("fc2", 64, 32),
+    ],
 }
 for same_as_llama in ("mistral", "qwen2", "qwen3", "gemma"):
     EXPECTED_LINEARS[same_as_llama] = EXPECTED_LINEARS["llama"]

@@ -45,5 +45,9 @@ def perplexity(model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -
     tokens = scored_per_window * input_ids.shape[0]
     mean_nll = per_window.sum().item() / tokens
     window_means = per_window / scored_per_window
-    stderr = window_means.std(unbiased=True).item() / math.sqrt(len(window_means)) if len(window_means) > 1 else 0.0
+    stderr = (
+        window_means.std(unbiased=True).item() / math.sqrt(len(window_means))
+        if len(window_means) > 1
+        else 0.0
+    )
     return Perplexity(math.exp(mean_nll), mean_nll, stderr, tokens, int(input_ids.shape[0]))

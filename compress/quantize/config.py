@@ -42,7 +42,9 @@ class QuantizeConfig(BaseModel):
             chosen_bits = 16 if bits is None else bits
             if chosen_bits not in DEFAULT_METHOD_FOR_BITS:
                 available = ", ".join(f"{b} ({m})" for b, m in DEFAULT_METHOD_FOR_BITS.items())
-                raise CompressError(f"no quantization method for --bits {chosen_bits}; available: {available}")
+                raise CompressError(
+                    f"no quantization method for --bits {chosen_bits}; available: {available}"
+                )
             method = DEFAULT_METHOD_FOR_BITS[chosen_bits]
         if method not in METHOD_BITS:
             raise CompressError(f"unknown method '{method}'; choose one of {', '.join(METHOD_BITS)}")

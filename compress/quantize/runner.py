@@ -10,8 +10,8 @@ from pathlib import Path
 
 from compress.artifact import (
     Manifest,
+    api_call,
     check_output_path,
-    command_line,
     device_description,
     library_versions,
     lineage_for,
@@ -46,7 +46,9 @@ def _reject_quantized(source: ModelSource, trust_remote_code: bool) -> None:
     config = load_config(source, trust_remote_code)
     existing = getattr(config, "quantization_config", None)
     if existing:
-        kind = existing.get("quant_method", "unknown") if isinstance(existing, dict) else type(existing).__name__
+        kind = (
+            existing.get("quant_method", "unknown") if isinstance(existing, dict) else type(existing).__name__
+        )
         raise CompressError(
             f"'{source.reference}' is already quantized ({kind}); quantize the original model instead"
         )
@@ -79,7 +81,7 @@ def quantize(
         with timer.phase("save"):
             save_model_files(loaded, source.path, staging)
         manifest = Manifest(
-            command=command or command_line(),
+            command=command or api_call("quantize", model, out_path, **config.model_dump()),
             lineage=lineage_for(source),
             method=config.method,
             parameters=config.model_dump(),

@@ -1,0 +1,39 @@
+# `make demo` runs the main job on the demo model; `make test` passes the tests.
+# Both set themselves up: a virtual environment in .venv with torch's CPU wheel (torch==2.13.0 lies
+# on this machine's disk; an unpinned torch would pull a multi-GB CUDA build). On a GPU machine:
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/compress demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/load_and_cast.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache compressed

@@ -1,0 +1,64 @@
+"""The trained demo model, and the fp16 artifact made from it: loadable, faithful, complete."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import compress
+from compress.artifact import Manifest, read_manifest
+from compress.data import sequential_windows
+from compress.demo import FAST_RECIPE, HELDOUT_SOURCE
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_model_learned(demo):
+    path, record = demo
+    # A model that learned nothing scores about its vocabulary size; this one must be far below.
+    assert record["vocab_size"] == FAST_RECIPE.vocab_size
+    assert record["heldout_ppl"] < record["vocab_size"] / 8
+    assert record["final_loss"] < record["first_loss"] - 2
+    assert record["train_data"]["tokens"] == FAST_RECIPE.steps * FAST_RECIPE.batch_size * FAST_RECIPE.seq_len
+    assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+    assert list(path.glob("*.safetensors"))
+
+
+def test_fp16_artifact_matches_the_source(demo, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, _ = demo
+    out = compress.quantize(path, tmp_path / "fp16", method="fp16", device="cpu")
+
+    manifest = read_manifest(out)
+    assert set(manifest.model_dump()) == set(Manifest.model_fields)
+    assert all(
+        value not in (None, "", {}, [])
+        for key, value in manifest.model_dump().items()
+        if key not in ("recipe", "calibration", "seed", "extra")
+    )
+
+    source = AutoModelForCausalLM.from_pretrained(path).eval()
+    artifact = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert next(artifact.parameters()).dtype == torch.float16
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    windows = sequential_windows(tokenizer, HELDOUT_SOURCE, seq_len=128, max_tokens=512).input_ids
+    with torch.inference_mode():
+        expected = source(input_ids=windows).logits
+        actual = artifact.float()(input_ids=windows).logits
+    # fp16 keeps ~3 significant digits per weight; through a few layers logits stay within ~1e-2.
+    assert (actual - expected).abs().max() < 0.05
+    assert (actual.argmax(-1) == expected.argmax(-1)).float().mean() > 0.99
+
+
+def test_demo_command_end_to_end(run_cli, demo, tmp_path):
+    code, out, err = run_cli("demo", "--fast", "--out", tmp_path / "demo")
+    assert code == 0, err
+    assert "held-out perplexity" in out
+    assert (tmp_path / "demo" / "fp16" / "compress.json").is_file()
+    code, out, _ = run_cli("--json", "demo", "--fast", "--out", tmp_path / "demo")
+    payload = json.loads(out)
+    assert payload["record"]["heldout_ppl"] == demo[1]["heldout_ppl"]
+    assert payload["artifact"]["manifest"]["method"] == "fp16"
