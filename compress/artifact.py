@@ -180,6 +180,18 @@ def save_model_files(model: torch.nn.Module, source_dir: Path, directory: Path) 
         raise RuntimeError(f"internal error: pickle weights were written: {unexpected}")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small file through a temporary name and a rename, so readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        temporary.write_text(text)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Write `compress.json`, stamping it with the fingerprint of the files beside it."""
     manifest.sha256 = fingerprint_files(directory)

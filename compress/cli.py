@@ -57,9 +57,18 @@ def global_options(
     """Quantize, prune and distill Hugging Face causal LMs; every command writes a loadable artifact."""
     console.mode.quiet = quiet
     console.mode.json = json_output
-    if quiet or json_output:  # read by huggingface_hub and transformers when they are imported
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if quiet or json_output:
+        _silence_library_progress()
     console.mode.debug = debug or console.mode.debug
+
+
+def _silence_library_progress() -> None:
+    """No tqdm bars from huggingface_hub/transformers: the env var for later imports, calls for earlier."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def _command() -> str:
@@ -130,6 +139,118 @@ def inspect(
 
 
 @app.command(
+    "eval",
+    epilog="Examples:\n\n  compress eval out/a out/b --baseline ./my-model --json results.json\n\n"
+    "  compress eval out/int4 --baseline ./my-model --suite quick --gate 'kld.mean<=0.05' --junit eval.xml",
+)
+def eval_command(
+    artifacts: list[str] = typer.Argument(..., help="Artifacts, model directories or hub ids to score."),
+    baseline: str | None = typer.Option(
+        None, "--baseline", help="The reference model (default: the lineage's source)."
+    ),
+    suite: str = typer.Option("default", "--suite", help="A suite name in evals/ or a YAML path."),
+    data: str | None = typer.Option(None, "--data", help="Override the suite's eval text (any data source)."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="Override the suite's window length."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Override the suite's token budget."),
+    metrics: str | None = typer.Option(
+        None, "--metrics", help="Comma-separated: ppl,kld,tasks,speed,memory,size,cost."
+    ),
+    tasks: str | None = typer.Option(
+        None, "--tasks", help="Comma-separated lm-eval task names (local or online)."
+    ),
+    gate: list[str] = typer.Option([], "--gate", help="A quality gate, e.g. 'kld.mean<=0.05' (repeatable)."),
+    json_file: Path | None = typer.Option(None, "--json", help="Write the report as JSON to this file."),
+    junit: Path | None = typer.Option(
+        None, "--junit", help="Write JUnit XML (one test per gate) to this file."
+    ),
+    markdown: Path | None = typer.Option(
+        None, "--markdown", help="Write the comparison as markdown to this file."
+    ),
+    price_per_hour: float | None = typer.Option(
+        None, "--price-per-hour", help="USD per hour of the device: $/1M tokens."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, …"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Re-evaluate even when cached results match."),
+) -> None:
+    """Score artifacts against a baseline with the shared harness; exit 1 when a gate fails."""
+    from compress.artifact import write_text_atomic
+    from compress.evaluate.compare import comparison_rows, markdown_table, rich_table
+    from compress.evaluate.harness import EvalRequest, evaluate
+    from compress.evaluate.results import junit_xml
+    from compress.evaluate.suite import load_suite
+
+    overrides = {
+        "data": data,
+        "seq_len": seq_len,
+        "max_tokens": max_tokens,
+        "metrics": _split(metrics),
+        "tasks": _split(tasks),
+    }
+    chosen = (
+        load_suite(suite).model_copy(update={k: v for k, v in overrides.items() if v is not None}).check()
+    )
+    request = EvalRequest(artifacts, chosen, baseline, list(gate), price_per_hour, device, reuse=not no_cache)
+    report, problems = evaluate(request)
+    rows = comparison_rows([r for r in [report.baseline, *report.results] if r is not None])
+    if json_file:
+        write_text_atomic(json_file, report.model_dump_json(indent=2))
+    if junit:
+        write_text_atomic(junit, junit_xml(report))
+    if markdown:
+        write_text_atomic(markdown, markdown_table(rows) + "\n")
+    if console.mode.json:
+        _emit_json(report.model_dump())
+    else:
+        console.stdout.print(rich_table(rows, title=f"compress eval · suite {chosen.name} · {chosen.data}"))
+        for result in report.results:
+            for outcome in result.gates:
+                style = "green" if outcome["passed"] else "bold red"
+                console.stdout.print(f"[{style}]{result.name}: {outcome['message']}[/{style}]")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        raise typer.Exit(2)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command(
+    epilog="Examples:\n\n  compress compare results.json\n\n"
+    "  compress compare out/* --format markdown --plot pareto.png",
+)
+def compare(
+    results: list[Path] = typer.Argument(..., help="Eval JSON files or evaluated artifact directories."),
+    format: str = typer.Option("table", "--format", help="table, markdown, json or csv."),
+    plot: Path | None = typer.Option(None, "--plot", help="Save quality-vs-size/speed plots (PNG)."),
+    sort: str | None = typer.Option(
+        None, "--sort", help="name, size, ppl, kld or speed (baseline stays first)."
+    ),
+) -> None:
+    """Show evaluated artifacts side by side, baseline first."""
+    from compress.evaluate.compare import FORMATS, SORT_KEYS, comparison_rows, render, sort_rows
+    from compress.evaluate.compare import plot as save_plot
+    from compress.evaluate.results import load_results
+
+    if format not in FORMATS:
+        raise CompressError(f"unknown format '{format}'; choose one of {', '.join(FORMATS)}")
+    if sort is not None and sort not in SORT_KEYS:
+        raise CompressError(f"unknown sort key '{sort}'; choose one of {', '.join(SORT_KEYS)}")
+    rows = sort_rows(comparison_rows(load_results(results)), sort)
+    output = render(rows, "json" if console.mode.json else format)
+    if isinstance(output, str):
+        print(output)
+    else:
+        console.stdout.print(output)
+    if plot:
+        save_plot(rows, plot)
+        console.notice(f"plot written to {plot}")
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [item.strip() for item in value.split(",") if item.strip()] if value is not None else None
+
+
+@app.command(
     epilog="Examples:\n\n  compress data ../shared/data/tinystories/ --tokenizer ./my-model --samples 128\n\n"
     "  compress data hf:wikitext:wikitext-2-raw-v1:test --tokenizer gpt2 --sequential --seq-len 1024",
 )
@@ -173,26 +294,37 @@ def demo(
     out: Path = typer.Option(Path("compressed/demo"), "--out", "-o", help="Where the demo's artifacts go."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Retrain the demo model even when it is cached."),
 ) -> None:
-    """Build the trained demo model offline, then quantize and inspect it."""
+    """Build the trained demo model offline, quantize it, evaluate it, and compare."""
     from compress.artifact import describe
     from compress.demo import demo_model
+    from compress.evaluate.compare import comparison_rows, rich_table
+    from compress.evaluate.harness import EvalRequest, evaluate
+    from compress.evaluate.suite import load_suite
     from compress.quantize.runner import quantize as run_quantize
     from compress.render import inspect_view
 
     model_dir, record = demo_model(fast=fast, rebuild=rebuild)
     artifact = run_quantize(model_dir, out / "fp16", method="fp16", force=True, command=_command())
+    suite = load_suite("quick")
+    report, problems = evaluate(EvalRequest([str(artifact)], suite, baseline=str(model_dir)))
     if console.mode.json:
-        _emit_json({"model": str(model_dir), "record": record, "artifact": describe(artifact)})
-        return
-    console.stdout.print(
-        f"demo model: {model_dir}\n"
-        f"  {record['parameters']:,} parameters, vocabulary {record['vocab_size']}, "
-        f"trained {record['recipe']['steps']} steps on {record['train_data']['tokens']:,} tokens\n"
-        f"  held-out perplexity: [bold]{record['heldout_ppl']:.2f}[/bold] "
-        f"(on {record['heldout_data']['tokens']:,} tokens of builtin:python-stdlib:heldout; "
-        f"a model that learned nothing scores about {record['vocab_size']})"
-    )
-    console.stdout.print(inspect_view(describe(artifact)))
+        _emit_json(
+            {"model": str(model_dir), "record": record, "artifact": describe(artifact), **report.model_dump()}
+        )
+    else:
+        console.stdout.print(
+            f"demo model: {model_dir}\n"
+            f"  {record['parameters']:,} parameters, vocabulary {record['vocab_size']}, "
+            f"trained {record['recipe']['steps']} steps on {record['train_data']['tokens']:,} tokens\n"
+            f"  held-out perplexity: [bold]{record['heldout_ppl']:.2f}[/bold] "
+            f"(on {record['heldout_data']['tokens']:,} tokens of builtin:python-stdlib:heldout; "
+            f"a model that learned nothing scores about {record['vocab_size']})"
+        )
+        console.stdout.print(inspect_view(describe(artifact)))
+        rows = comparison_rows([report.baseline, *report.results])
+        console.stdout.print(rich_table(rows, title=f"compress demo · suite {suite.name} · {suite.data}"))
+    if problems:
+        raise CompressError(problems[0])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ pipe into other tools.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -20,7 +22,10 @@ class OutputMode:
 
 
 mode = OutputMode()
-stdout = Console(highlight=False)
+# Rich assumes 80 columns when stdout is not a terminal (CI logs, pipes), which folds wide tables
+# into unreadable cells; COLUMNS still wins when set.
+_PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+stdout = Console(highlight=False, width=_PIPE_WIDTH)
 stderr = Console(stderr=True, highlight=False)
 
 

@@ -1,0 +1,323 @@
+"""The shared eval harness: score a baseline once, then every artifact the same way against it.
+
+Order of work, chosen so that mistakes surface before hours of compute: parse gates, check task
+names and metrics, resolve every model, tokenize the data; then evaluate the baseline (or reuse its
+cached result and log-probs), then each artifact (or reuse its `eval.json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from compress import console
+from compress.artifact import describe, read_manifest, write_model_card, write_text_atomic
+from compress.cache import cache_root
+from compress.data import TokenWindows, sequential_windows
+from compress.errors import CompressError
+from compress.evaluate.compare import comparison_rows, markdown_table
+from compress.evaluate.gates import check_gate, parse_gate
+from compress.evaluate.loaders import artifact_format, load_for_eval
+from compress.evaluate.perplexity import summarize
+from compress.evaluate.results import (
+    EvalReport,
+    ModelResult,
+    entry_key,
+    read_cached_result,
+    store_result,
+)
+from compress.evaluate.scoring import BaselineStore, score_pass, write_baseline_store
+from compress.evaluate.suite import Suite
+from compress.modeling import ModelSource, load_tokenizer, resolve_device, resolve_model
+from compress.telemetry import PhaseTimer
+from compress.version import __version__
+
+
+@dataclass
+class EvalRequest:
+    """Everything `compress eval` was asked to do."""
+
+    artifacts: list[str]
+    suite: Suite
+    baseline: str | None = None
+    extra_gates: list[str] = field(default_factory=list)
+    price_per_hour: float | None = None
+    device: str = "auto"
+    reuse: bool = True
+
+
+@dataclass
+class _Context:
+    """What every model's evaluation shares: the suite, the baseline's data and scores."""
+
+    suite: Suite
+    device: str
+    windows: TokenWindows
+    tokenizer: Any
+    baseline_source: ModelSource
+    price_per_hour: float | None
+    store: BaselineStore | None = None  # the baseline's log-probs, read by artifact passes
+    store_dir: Path | None = None  # where the baseline's pass writes them, when it must
+    baseline: ModelResult | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _display_name(source: ModelSource) -> str:
+    return Path(source.reference.rstrip("/")).name or source.reference
+
+
+def _max_positions(source: ModelSource) -> int | None:
+    config = json.loads((source.path / "config.json").read_text())
+    return config.get("max_position_embeddings") or config.get("n_positions")
+
+
+def _baseline_reference(request: EvalRequest) -> str:
+    """`--baseline`, else the source model recorded in the first artifact's lineage."""
+    if request.baseline:
+        return request.baseline
+    for artifact in request.artifacts:
+        manifest = read_manifest(Path(artifact)) if Path(artifact).is_dir() else None
+        if manifest:
+            return manifest.lineage.source["path"]
+    raise CompressError("no --baseline given and the first artifact records no source model; pass --baseline")
+
+
+def _tokenizers_match(baseline_tokenizer, tokenizer, probe: str) -> bool:
+    """Same vocabulary and the same ids for a sample of the eval text: KLD compares like with like."""
+    if baseline_tokenizer.get_vocab() != tokenizer.get_vocab():
+        return False
+    encode = {"add_special_tokens": False}
+    return baseline_tokenizer(probe, **encode)["input_ids"] == tokenizer(probe, **encode)["input_ids"]
+
+
+def _suite_checks(suite: Suite, gates: list[str]) -> None:
+    for gate in [*suite.gates, *gates]:
+        parse_gate(gate)
+    if "tasks" in suite.metrics and suite.tasks:
+        from compress.evaluate.tasks import check_task_names
+
+        check_task_names(suite.tasks)
+
+
+def _size_metrics(source: ModelSource) -> dict[str, Any]:
+    info = describe(source.path)
+    keys = ("disk_bytes", "weight_bytes", "tensor_bytes", "parameters", "bits_per_weight")
+    return {key: info[key] for key in keys}
+
+
+def _score(model: nn.Module, windows: TokenWindows, context: _Context, with_kld: bool):
+    """One forward pass over the windows: the baseline's writes its log-probs, an artifact's reads them."""
+    suite = context.suite
+    if context.store_dir is not None:
+        meta = {"baseline": context.baseline_source.sha256, "data": windows.fingerprint.as_dict()}
+        return write_baseline_store(
+            model, windows.input_ids, suite.batch_size, context.store_dir, suite.baseline_dtype, meta
+        )
+    store = context.store if with_kld else None
+    return score_pass(model, windows.input_ids, suite.batch_size, store, "scoring")
+
+
+def _measure(model: nn.Module, tokenizer, context: _Context, windows: TokenWindows, with_kld: bool) -> dict:
+    """Every metric of the suite that needs the loaded model."""
+    suite = context.suite
+    metrics: dict[str, Any] = {}
+    if "ppl" in suite.metrics or with_kld or context.store_dir is not None:
+        scored = _score(model, windows, context, with_kld)
+        metrics["ppl"] = _ppl_metrics(summarize(scored.window_nll, windows.input_ids.shape[1]), context)
+        if scored.divergence is not None:
+            metrics.update(scored.divergence.summary())
+    if "tasks" in suite.metrics and suite.tasks:
+        from compress.evaluate.tasks import run_tasks
+
+        metrics["tasks"] = run_tasks(
+            model, tokenizer, suite.tasks, batch_size=suite.batch_size, limit=suite.task_limit
+        )
+    if "speed" in suite.metrics:
+        from compress.evaluate.speed import measure_speed
+
+        metrics["speed"] = measure_speed(model, suite.speed, vocab_size=len(tokenizer))
+    return metrics
+
+
+def _ppl_metrics(ppl, context: _Context) -> dict[str, Any]:
+    values = {"value": ppl.ppl, "nll": ppl.mean_nll, "stderr_nll": ppl.stderr_nll, "tokens": ppl.tokens}
+    if context.baseline is not None and "ppl" in context.baseline.metrics:
+        base = context.baseline.metrics["ppl"]["value"]
+        values["increase_pct"] = (ppl.ppl / base - 1.0) * 100.0
+    return values
+
+
+def _finish_metrics(metrics: dict[str, Any], model: nn.Module, source: ModelSource, timer, context) -> None:
+    """Memory, size and cost: figures that need no extra forward pass."""
+    from compress.evaluate.speed import cost_per_million_tokens, weight_memory_bytes
+
+    suite = context.suite
+    if "memory" in suite.metrics:
+        peak = max(record.peak_rss_bytes for record in timer.records)
+        cuda_peaks = [r.peak_cuda_bytes for r in timer.records if r.peak_cuda_bytes is not None]
+        metrics["memory"] = {
+            "weight_bytes": weight_memory_bytes(model),
+            "peak_rss_bytes": peak,
+            "peak_cuda_bytes": max(cuda_peaks) if cuda_peaks else None,
+        }
+    if "size" in suite.metrics:
+        metrics["size"] = _size_metrics(source)
+    if "cost" in suite.metrics and context.price_per_hour is not None and "speed" in metrics:
+        best = max(metrics["speed"]["decode_tok_s"].values())
+        metrics["cost"] = {
+            "usd_per_1m_tokens": cost_per_million_tokens(context.price_per_hour, best),
+            "price_per_hour": context.price_per_hour,
+            "decode_tok_s": best,
+        }
+
+
+def _add_recovery(metrics: dict[str, Any], baseline: ModelResult | None) -> None:
+    if not metrics.get("tasks"):
+        return
+    from compress.evaluate.tasks import recovery
+
+    base_tasks = (baseline.metrics.get("tasks") if baseline else None) or {}
+    for name, task in metrics.get("tasks", {}).items():
+        if name in base_tasks:
+            base = base_tasks[name]
+            task["recovery"] = recovery(task["score"], base["score"], task["higher_is_better"])
+
+
+def _evaluate_model(source: ModelSource, role: str, context: _Context) -> ModelResult:
+    suite = context.suite
+    start = time.perf_counter()
+    timer = PhaseTimer()
+    skipped: dict[str, str] = {}
+    with timer.phase("load"):
+        model = load_for_eval(source, context.device, suite.dtype)
+        tokenizer = load_tokenizer(source) if role == "artifact" else context.tokenizer
+    windows, with_kld = context.windows, role == "artifact" and "kld" in suite.metrics
+    if role == "artifact" and not _tokenizers_match(context.tokenizer, tokenizer, _probe_text(context)):
+        reason = "the artifact's tokenizer differs from the baseline's"
+        windows = sequential_windows(tokenizer, suite.data, windows.input_ids.shape[1], suite.max_tokens)
+        if with_kld:
+            skipped["kld"] = reason
+            context.problems.append(f"kld skipped for '{source.reference}': {reason} (ppl still measured)")
+        with_kld = False
+    with timer.phase("evaluate"):
+        metrics = _measure(model, tokenizer, context, windows, with_kld)
+    _finish_metrics(metrics, model, source, timer, context)
+    if role == "artifact":
+        _add_recovery(metrics, context.baseline)
+    manifest = read_manifest(source.path)
+    del model
+    return ModelResult(
+        name=_display_name(source),
+        path=str(source.path),
+        role=role,
+        method=manifest.method if manifest else None,
+        format=artifact_format(source),
+        sha256=source.sha256,
+        suite=suite.name,
+        suite_sha256=suite.fingerprint(),
+        baseline_sha256=context.baseline_source.sha256,
+        data=windows.fingerprint.as_dict(),
+        metrics=metrics,
+        skipped=skipped,
+        device=str(resolve_device(context.device)),
+        wall_s=round(time.perf_counter() - start, 3),
+    )
+
+
+def _probe_text(context: _Context) -> str:
+    return context.tokenizer.decode(context.windows.input_ids[0])
+
+
+def _baseline_paths(context: _Context) -> tuple[Path, Path]:
+    """Cache locations of the baseline's result and log-probs, keyed by everything they depend on."""
+    suite = context.suite
+    key_source = {
+        "baseline": context.baseline_source.sha256,
+        "data": context.windows.fingerprint.sha256,
+        "dtype": suite.dtype,
+        "storage": suite.baseline_dtype,
+        "batch": suite.batch_size,
+        "tool": __version__,
+    }
+    store_key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:24]
+    result_key = hashlib.sha256(f"{store_key}:{suite.fingerprint()}".encode()).hexdigest()[:24]
+    root = cache_root() / "eval"
+    return root / "results" / f"{result_key}.json", root / "baselines" / store_key
+
+
+def _evaluate_baseline(context: _Context, reuse: bool) -> ModelResult:
+    """The baseline's own scores and its stored log-probs, computed at most once per key."""
+    result_file, store_dir = _baseline_paths(context)
+    store = BaselineStore(store_dir)
+    needs_store = "kld" in context.suite.metrics
+    if reuse and result_file.is_file() and (store.is_complete() or not needs_store):
+        console.notice(f"baseline: reusing cached scores ({result_file.name})")
+        result = ModelResult.model_validate_json(result_file.read_text())
+    else:
+        context.store_dir = store_dir if needs_store else None
+        try:
+            result = _evaluate_model(context.baseline_source, "baseline", context)
+        finally:
+            context.store_dir = None
+        write_text_atomic(result_file, result.model_dump_json(indent=2))
+    context.store = store if needs_store else None
+    return result
+
+
+def _record_in_artifact(source: ModelSource, key: str, result: ModelResult, baseline: ModelResult) -> None:
+    """Store the result in the artifact's eval.json and refresh its model card's results table."""
+    if not store_result(source.path, key, result, baseline):
+        console.notice(f"{source.path} is read-only; results were not stored in it")
+        return
+    manifest = read_manifest(source.path)
+    if manifest is not None:
+        table = markdown_table(comparison_rows([baseline, result]))
+        heading = f"Suite `{result.suite}` on `{result.data['source']}`:"
+        write_model_card(source.path, manifest, f"{heading}\n\n{table}")
+
+
+def _apply_gates(result: ModelResult, gates: list[str]) -> ModelResult:
+    outcomes = [check_gate(parse_gate(g), result.metrics).as_dict() for g in gates]
+    return result.model_copy(update={"gates": outcomes})
+
+
+def evaluate(request: EvalRequest) -> tuple[EvalReport, list[str]]:
+    """Score the baseline and every artifact; returns the report and the problems to report (exit 2)."""
+    suite = request.suite
+    _suite_checks(suite, request.extra_gates)
+    if not request.artifacts:
+        raise CompressError("give at least one artifact or model directory to evaluate")
+    artifact_sources = [resolve_model(a) for a in request.artifacts]
+    baseline_source = resolve_model(_baseline_reference(request))
+    tokenizer = load_tokenizer(baseline_source)
+    seq_len = suite.seq_len
+    if (limit := _max_positions(baseline_source)) and limit < seq_len:
+        console.notice(f"seq_len {seq_len} exceeds the baseline's {limit} positions; using {limit}")
+        seq_len = limit
+    windows = sequential_windows(tokenizer, suite.data, seq_len, suite.max_tokens)
+    context = _Context(suite, request.device, windows, tokenizer, baseline_source, request.price_per_hour)
+    context.baseline = _evaluate_baseline(context, request.reuse)
+
+    gates = [*suite.gates, *request.extra_gates]
+    key = entry_key(suite.fingerprint(), baseline_source.sha256)
+    results = []
+    for source in artifact_sources:
+        cached = read_cached_result(source.path, key, source.sha256) if request.reuse else None
+        if cached is not None and cached.data.get("sha256") == windows.fingerprint.sha256:
+            console.notice(f"{_display_name(source)}: reusing eval.json (same artifact, suite and baseline)")
+            result = _apply_gates(cached, gates)
+        else:
+            result = _apply_gates(_evaluate_model(source, "artifact", context), gates)
+            if source.is_artifact:
+                _record_in_artifact(source, key, result, context.baseline)
+        results.append(result)
+    report = EvalReport(
+        suite=suite.name, suite_sha256=suite.fingerprint(), baseline=context.baseline, results=results
+    )
+    return report, context.problems

@@ -1,0 +1,59 @@
+"""How the harness loads each artifact format: a registry from format name to loader.
+
+Dense formats load with plain `transformers`. Quantized formats (bitsandbytes, packed GPTQ/AWQ)
+register their loader here when they land, so the harness itself never changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from torch import nn
+
+from compress.artifact import read_manifest
+from compress.errors import CompressError
+from compress.modeling import ModelSource, load_model
+
+Loader = Callable[[ModelSource, str, str], nn.Module]  # (source, device, dtype) -> model in eval mode
+DENSE_FORMAT = "dense-safetensors"
+
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_loader(format_name: str, loader: Loader) -> None:
+    _LOADERS[format_name] = loader
+
+
+def artifact_format(source: ModelSource) -> str:
+    """The format named by the manifest, else by `quantization_config`, else dense."""
+    manifest = read_manifest(source.path)
+    if manifest is not None:
+        return manifest.format
+    config = json.loads((source.path / "config.json").read_text())
+    quantization = config.get("quantization_config")
+    if quantization:
+        return f"transformers-{quantization.get('quant_method', 'unknown')}"
+    return DENSE_FORMAT
+
+
+def load_for_eval(source: ModelSource, device: str, dtype: str) -> nn.Module:
+    """Load any artifact or model for scoring; a directory that does not load is a one-line error."""
+    format_name = artifact_format(source)
+    if format_name not in _LOADERS:
+        known = ", ".join(sorted(_LOADERS))
+        raise CompressError(f"'{source.reference}' has format '{format_name}'; loaders exist for: {known}")
+    try:
+        return _LOADERS[format_name](source, device, dtype)
+    except CompressError:
+        raise
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CompressError(f"'{source.reference}' does not load: {first_line}") from exc
+
+
+def _load_dense(source: ModelSource, device: str, dtype: str) -> nn.Module:
+    return load_model(source, dtype=dtype, device=device)
+
+
+register_loader(DENSE_FORMAT, _load_dense)

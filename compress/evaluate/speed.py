@@ -1,0 +1,183 @@
+"""Inference speed and weight memory of an already-loaded causal LM, on the device it sits on.
+
+Compression is only worth its quality cost if the model gets cheaper to serve, so speed is
+measured the way a server spends time: one prefill over the prompt (its time is the time to first
+token), then greedy decode steps through the KV cache, each timed on its own so per-token latency
+percentiles exist. The decode loop is written out by hand rather than calling `generate`, whose
+sampling machinery, stopping criteria and logits processors would be timed along with the model.
+Prompts are random token ids from a seeded generator: speed does not depend on what the tokens say.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from torch import nn
+
+from compress.errors import CompressError
+
+
+class SpeedSettings(BaseModel):
+    """What to measure; the defaults are a short chat turn at batch 1 and a small server batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_tokens: PositiveInt = 128  # prefill length (shortened to fit the model's context)
+    new_tokens: PositiveInt = 32  # decode steps measured
+    batch_sizes: list[PositiveInt] = Field(default=[1, 8], min_length=1)
+    warmup: int = Field(default=1, ge=0)  # untimed runs first (allocator, kernels, caches)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DecodeRun:
+    """One greedy generation: the tokens it produced and how long each part took."""
+
+    tokens: torch.Tensor  # [batch, new_tokens + 1]: the prefill's token, then one per decode step
+    prefill_s: float  # prompt in, first token's logits out
+    step_s: list[float]  # one entry per decode step
+
+
+def _synchronize(device: torch.device) -> None:
+    """CUDA kernels run asynchronously; the clock is only meaningful once they have finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """The KV cache's keyword: transformers 5.24 renamed `past_key_values` to `cache`.
+
+    The old name still works there but logs a deprecation warning (until 5.40), and the project
+    supports every transformers 5 release, so the name is read from the model's signature.
+    """
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.inference_mode()
+def timed_greedy_decode(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> DecodeRun:
+    """Prefill `prompt` [batch, length], then `new_tokens` greedy steps through the KV cache.
+
+    Each step feeds only the newest token with the cache of everything before it, which is what a
+    serving engine does; the token count the model sees is `length + new_tokens`.
+    """
+    device = _device_of(model)
+    cache_argument = _cache_argument(model)
+    prompt = prompt.to(device)
+    _synchronize(device)
+    start = time.perf_counter()
+    output = model(input_ids=prompt, use_cache=True)
+    token = output.logits[:, -1].argmax(dim=-1, keepdim=True)
+    _synchronize(device)
+    prefill_s = time.perf_counter() - start
+    tokens, step_s = [token], []
+    for _ in range(new_tokens):
+        start = time.perf_counter()
+        cache = {cache_argument: getattr(output, cache_argument)}
+        output = model(input_ids=token, use_cache=True, **cache)
+        token = output.logits[:, -1].argmax(dim=-1, keepdim=True)
+        _synchronize(device)
+        step_s.append(time.perf_counter() - start)
+        tokens.append(token)
+    return DecodeRun(torch.cat(tokens, dim=1).cpu(), prefill_s, step_s)
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position scheme allows, when its config states one."""
+    config = model.config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    return None
+
+
+def _prompt_length(model: nn.Module, settings: SpeedSettings) -> int:
+    """`prompt_tokens`, shortened so that prompt plus decode steps fit the model's positions."""
+    limit = max_positions(model)
+    if limit is None:
+        return settings.prompt_tokens
+    if settings.new_tokens >= limit:
+        raise CompressError(
+            f"cannot measure {settings.new_tokens} decode steps: the model holds at most {limit} "
+            f"positions, which leaves no room for a prompt; lower new_tokens below {limit}"
+        )
+    return min(settings.prompt_tokens, limit - settings.new_tokens)
+
+
+def _random_prompt(batch: int, length: int, vocab_size: int, seed: int) -> torch.Tensor:
+    """Seeded on the CPU, so the same settings give the same prompt on every device."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, length), generator=generator)
+
+
+def _measure_batch(model: nn.Module, prompt: torch.Tensor, settings: SpeedSettings) -> DecodeRun:
+    for _ in range(settings.warmup):
+        timed_greedy_decode(model, prompt, settings.new_tokens)
+    return timed_greedy_decode(model, prompt, settings.new_tokens)
+
+
+def _decode_tok_s(run: DecodeRun, batch: int) -> float:
+    """Generated tokens per second over the decode steps (every row yields one token per step)."""
+    return batch * len(run.step_s) / sum(run.step_s)
+
+
+def measure_speed(model: nn.Module, settings: SpeedSettings, vocab_size: int | None = None) -> dict:
+    """Prefill and decode throughput, time to first token and per-token latency percentiles.
+
+    `vocab_size` bounds the random prompt ids; it defaults to the config's, and can be lowered
+    when the embedding matrix is padded past the tokenizer's real vocabulary. Batch 1 is always
+    measured: time to first token and latency are single-request figures.
+    """
+    vocab_size = vocab_size or model.config.get_text_config().vocab_size
+    length = _prompt_length(model, settings)
+    runs = {
+        batch: _measure_batch(model, _random_prompt(batch, length, vocab_size, settings.seed), settings)
+        for batch in sorted({1, *settings.batch_sizes})
+    }
+    single = runs[1]
+    p50, p95, p99 = np.percentile(np.array(single.step_s) * 1000.0, [50, 95, 99])
+    return {
+        "device": str(_device_of(model)),
+        "prefill_tok_s": length / single.prefill_s,
+        "ttft_ms": single.prefill_s * 1000.0,
+        "decode_tok_s": {str(batch): _decode_tok_s(runs[batch], batch) for batch in settings.batch_sizes},
+        "latency_ms": {"p50": float(p50), "p95": float(p95), "p99": float(p99)},
+        "prompt_tokens": length,
+        "new_tokens": settings.new_tokens,
+    }
+
+
+def weight_memory_bytes(model: nn.Module) -> int:
+    """Bytes held by parameters and buffers, each storage counted once.
+
+    Counting storages rather than tensors is what makes tied embeddings (one matrix reachable as
+    both input and output embedding) and views into one fused buffer count once, as they are
+    resident once.
+    """
+    storages: dict[tuple[torch.device, int], int] = {}
+    for tensor in chain(model.parameters(), model.buffers()):
+        if tensor.device.type == "meta":  # offloaded: not resident anywhere
+            continue
+        storage = tensor.untyped_storage()
+        storages[(tensor.device, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())
+
+
+def cost_per_million_tokens(price_per_hour: float, decode_tok_s: float) -> float:
+    """USD per million generated tokens for a machine rented at `price_per_hour` USD."""
+    if not (decode_tok_s > 0 and math.isfinite(decode_tok_s)):
+        raise CompressError(f"decode throughput must be a positive number of tokens/s, got {decode_tok_s}")
+    if price_per_hour < 0:
+        raise CompressError(f"the hourly price cannot be negative, got {price_per_hour}")
+    return price_per_hour / (decode_tok_s * 3600.0) * 1_000_000
