@@ -33,6 +33,7 @@ class SpeedSettings(BaseModel):
     new_tokens: PositiveInt = 32  # decode steps measured
     batch_sizes: list[PositiveInt] = Field(default=[1, 8], min_length=1)
     warmup: int = Field(default=1, ge=0)  # untimed runs first (allocator, kernels, caches)
+    repeats: PositiveInt = 3  # timed runs; the fastest is kept (timeit's rule: noise only adds time)
     seed: int = 0
 
 
@@ -124,7 +125,8 @@ def _random_prompt(batch: int, length: int, vocab_size: int, seed: int) -> torch
 def _measure_batch(model: nn.Module, prompt: torch.Tensor, settings: SpeedSettings) -> DecodeRun:
     for _ in range(settings.warmup):
         timed_greedy_decode(model, prompt, settings.new_tokens)
-    return timed_greedy_decode(model, prompt, settings.new_tokens)
+    runs = [timed_greedy_decode(model, prompt, settings.new_tokens) for _ in range(settings.repeats)]
+    return min(runs, key=lambda run: run.prefill_s + sum(run.step_s))
 
 
 def _decode_tok_s(run: DecodeRun, batch: int) -> float:
