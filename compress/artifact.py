@@ -168,13 +168,17 @@ TOKENIZER_FILE_PATTERNS = (
 )
 
 
-def save_model_files(model: torch.nn.Module, source_dir: Path, directory: Path) -> None:
-    """Weights as safetensors and config via transformers; tokenizer files copied from the source."""
-    model.save_pretrained(directory)
+def copy_tokenizer_files(source_dir: Path, directory: Path) -> None:
     for pattern in TOKENIZER_FILE_PATTERNS:
         for file in Path(source_dir).glob(pattern):
             if file.is_file():
                 shutil.copy2(file, directory / file.name)
+
+
+def save_model_files(model: torch.nn.Module, source_dir: Path, directory: Path) -> None:
+    """Weights as safetensors and config via transformers; tokenizer files copied from the source."""
+    model.save_pretrained(directory)
+    copy_tokenizer_files(source_dir, directory)
     unexpected = [p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
     if unexpected:
         raise RuntimeError(f"internal error: pickle weights were written: {unexpected}")
@@ -263,6 +267,11 @@ def describe(directory: Path) -> dict[str, Any]:
         raise CompressError(f"'{directory}' has no config.json, so it is not a model or artifact")
     config = json.loads((directory / "config.json").read_text())
     manifest = read_manifest(directory)
+    statistics = weight_statistics(directory)
+    if config.get("quantization_config") and manifest and manifest.model.get("parameters"):
+        # Packed tensors hide the real parameter count; the manifest kept the original's.
+        statistics["parameters"] = manifest.model["parameters"]
+        statistics["bits_per_weight"] = round(8 * statistics["tensor_bytes"] / statistics["parameters"], 4)
     return {
         "path": str(directory),
         "is_artifact": manifest is not None,
@@ -270,7 +279,7 @@ def describe(directory: Path) -> dict[str, Any]:
         "model_type": config.get("model_type"),
         "quantization_config": config.get("quantization_config"),
         "disk_bytes": directory_bytes(directory),
-        **weight_statistics(directory),
+        **statistics,
         "manifest": manifest.model_dump() if manifest else None,
     }
 

@@ -80,8 +80,10 @@ def _emit_json(payload: object) -> None:
 
 
 @app.command(
-    epilog="Examples:\n\n  compress quantize ./my-model --method fp16 --out out/fp16\n\n"
-    "  compress quantize meta-llama/Llama-3.2-1B --bits 16 --method bf16",
+    epilog="Examples:\n\n  compress quantize ./my-model --bits 4 --calib data.jsonl\n\n"
+    "  compress quantize ./my-model --method awq --bits 4 --asym\n\n"
+    "  compress quantize meta-llama/Llama-3.2-1B --method nf4 --double-quant\n\n"
+    "  compress quantize ./my-model --method fp16 --out out/fp16",
 )
 def quantize(
     model: str = typer.Argument(..., help="A model directory, a hub id, or a compress artifact."),
@@ -91,6 +93,26 @@ def quantize(
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Output directory (default: compressed/<model>-<method>)."
+    ),
+    group_size: int | None = typer.Option(
+        None,
+        "--group-size",
+        help="Weights per scale (-1: whole row). Unset: 128, or a layer's largest width divisor below 128.",
+    ),
+    sym: bool = typer.Option(True, "--sym/--asym", help="Symmetric grid, or one with a zero point."),
+    act_order: bool = typer.Option(
+        True, "--act-order/--no-act-order", help="GPTQ: columns by Hessian diagonal, static groups."
+    ),
+    damp_percent: float = typer.Option(
+        0.01, "--damp-percent", help="GPTQ: Hessian damping (raised if needed)."
+    ),
+    calib: str | None = typer.Option(None, "--calib", help="Calibration text (any data source)."),
+    calib_samples: int = typer.Option(128, "--calib-samples", help="Calibration windows."),
+    seq_len: int = typer.Option(2048, "--seq-len", help="Calibration window length (capped by the model)."),
+    seed: int = typer.Option(0, "--seed", help="Calibration sampling seed."),
+    double_quant: bool = typer.Option(False, "--double-quant", help="nf4/fp4: quantize the scales too."),
+    compute_dtype: str = typer.Option(
+        "bfloat16", "--compute-dtype", help="nf4/fp4: bfloat16, float16, float32."
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, …"),
     force: bool = typer.Option(False, "--force", "-f", help="Replace --out if it exists."),
@@ -112,6 +134,16 @@ def quantize(
         force=force,
         trust_remote_code=trust_remote_code,
         command=_command(),
+        group_size=group_size,
+        sym=sym,
+        act_order=act_order,
+        damp_percent=damp_percent,
+        calib=calib,
+        calib_samples=calib_samples,
+        seq_len=seq_len,
+        seed=seed,
+        double_quant=double_quant,
+        compute_dtype=compute_dtype,
     )
     if console.mode.json:
         _emit_json({"artifact": str(path), **describe(path)})

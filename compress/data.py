@@ -298,7 +298,7 @@ def _token_stream(tokenizer, documents: Iterator[str], separator: str, needed: i
     return ids
 
 
-def _fingerprint(spec: str, windows: torch.Tensor, seed: int | None) -> DataFingerprint:
+def fingerprint_windows(spec: str, windows: torch.Tensor, seed: int | None) -> DataFingerprint:
     digest = hashlib.sha256(str(tuple(windows.shape)).encode())
     digest.update(windows.to(torch.int32).contiguous().numpy().tobytes())
     return DataFingerprint(
@@ -341,7 +341,7 @@ def sample_windows(
     if len(ids) < samples * seq_len:
         _raise_too_short(source, len(ids), f"{samples} windows of {seq_len} tokens")
     windows = _cut(ids, seq_len, samples)
-    return TokenWindows(windows, _fingerprint(source, windows, seed))
+    return TokenWindows(windows, fingerprint_windows(source, windows, seed))
 
 
 def sequential_windows(
@@ -361,7 +361,7 @@ def sequential_windows(
     if count == 0:
         _raise_too_short(source, len(ids), f"one window of {seq_len} tokens")
     windows = _cut(ids, seq_len, count)
-    return TokenWindows(windows, _fingerprint(source, windows, None))
+    return TokenWindows(windows, fingerprint_windows(source, windows, None))
 
 
 def _raise_too_short(source: str, tokens: int, needed: str) -> None:

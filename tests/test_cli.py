@@ -23,7 +23,7 @@ def test_version_and_help(run_cli):
 
 
 def test_only_delivered_methods_are_registered(run_cli):
-    code, _, err = run_cli("quantize", "model", "--method", "gptq")
+    code, _, err = run_cli("quantize", "model", "--method", "hqq")
     assert_one_line_error(code, err, "--method")
 
 
@@ -75,7 +75,7 @@ def test_bad_inputs_are_one_line_errors(run_cli, tiny_model_dir, tmp_path):
             ("quantize", "some-org/uncached-model", "--out", tmp_path / "o"),
             "not in the local Hugging Face cache",
         ),
-        (("quantize", model, "--bits", "4", "--out", tmp_path / "o"), "no quantization method for --bits 4"),
+        (("quantize", model, "--bits", "1", "--out", tmp_path / "o"), "no quantization method for --bits 1"),
         (("quantize", model, "--device", "tpu9", "--out", tmp_path / "o"), "unknown device"),
         (("quantize", model, "--no-such-flag"), "No such option"),
         (("inspect", tmp_path / "missing"), "is not a directory"),

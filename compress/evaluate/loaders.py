@@ -56,4 +56,20 @@ def _load_dense(source: ModelSource, device: str, dtype: str) -> nn.Module:
     return load_model(source, dtype=dtype, device=device)
 
 
+def _load_packed(source: ModelSource, device: str, dtype: str) -> nn.Module:
+    from compress.quantize.packed import load_packed
+
+    return load_packed(source, device, dtype)
+
+
+def _load_bnb(source: ModelSource, device: str, dtype: str) -> nn.Module:
+    from compress.quantize.bnb import load_bnb_for_eval
+
+    return load_bnb_for_eval(source, device, dtype)
+
+
 register_loader(DENSE_FORMAT, _load_dense)
+for _packed_format in ("gptq-packed", "awq-gemm", "transformers-gptq", "transformers-awq"):
+    register_loader(_packed_format, _load_packed)
+for _bnb_format in ("bnb-int8", "bnb-4bit", "transformers-bitsandbytes"):
+    register_loader(_bnb_format, _load_bnb)

@@ -8,32 +8,61 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.errors import CompressError
 
-Method = Literal["fp16", "bf16"]
+Method = Literal["fp16", "bf16", "int8", "nf4", "fp4", "rtn", "gptq", "awq"]
 
 #: Bit widths each method supports, and the method chosen when only `--bits` is given.
-METHOD_BITS: dict[str, tuple[int, ...]] = {"fp16": (16,), "bf16": (16,)}
-DEFAULT_METHOD_FOR_BITS: dict[int, str] = {16: "fp16"}
+METHOD_BITS: dict[str, tuple[int, ...]] = {
+    "fp16": (16,),
+    "bf16": (16,),
+    "int8": (8,),
+    "nf4": (4,),
+    "fp4": (4,),
+    "rtn": (4, 2, 3, 5, 6, 7, 8),
+    "gptq": (4, 2, 3, 8),
+    "awq": (4, 3),
+}
+DEFAULT_METHOD_FOR_BITS: dict[int, str] = {16: "fp16", 8: "int8", 4: "gptq", 3: "gptq", 2: "gptq"}
+CALIBRATED_METHODS = ("gptq", "awq")
+DEFAULT_GROUP_SIZE = 128
+PACKED_METHODS = ("rtn", "gptq", "awq")
 
 
 class QuantizeConfig(BaseModel):
-    """How to quantize: method and bit width (more options arrive with the calibrated methods)."""
+    """How to quantize. Options that a method does not use are recorded but ignored by it."""
 
     model_config = ConfigDict(extra="forbid")
 
     method: Method = "fp16"
     bits: int = 16
+    #: None: 128, or a layer's largest width divisor below 128; an explicit size must divide every width.
+    group_size: int | None = None
+    sym: bool = True
+    act_order: bool = True
+    damp_percent: float = Field(0.01, gt=0, lt=1)
+    calib: str | None = None
+    calib_samples: int = Field(128, ge=1)
+    seq_len: int = Field(2048, ge=16)
+    seed: int = 0
+    double_quant: bool = False
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     device: str = "auto"
 
     @model_validator(mode="after")
     def _bits_fit_method(self) -> QuantizeConfig:
         if self.bits not in METHOD_BITS[self.method]:
-            supported = ", ".join(str(b) for b in METHOD_BITS[self.method])
+            supported = ", ".join(str(b) for b in sorted(METHOD_BITS[self.method]))
             raise ValueError(f"method {self.method} supports --bits {supported}, not {self.bits}")
+        if self.group_size is not None and (self.group_size == 0 or self.group_size < -1):
+            raise ValueError(f"--group-size must be -1 or positive, not {self.group_size}")
         return self
+
+    @property
+    def nominal_group_size(self) -> int:
+        return DEFAULT_GROUP_SIZE if self.group_size is None else self.group_size
 
     @classmethod
     def from_options(cls, method: str | None, bits: int | None, **options) -> QuantizeConfig:
@@ -51,7 +80,7 @@ class QuantizeConfig(BaseModel):
         if bits is None:
             bits = METHOD_BITS[method][0]
         try:
-            return cls(method=method, bits=bits, **options)
+            return cls(method=method, bits=bits, **{k: v for k, v in options.items() if v is not None})
         except ValueError as exc:
             raise CompressError(_first_error(exc)) from exc
 

@@ -1,0 +1,150 @@
+"""The sequential calibration engine, shared by GPTQ, AWQ and (later) pruning importance.
+
+Capture the inputs of decoder block 0 on the calibration windows (hidden states and the keyword
+arguments the model passes its blocks: masks, rotary embeddings, positions), then for each block:
+collect statistics through forward hooks on its linear layers, let the technique transform the
+block, and run the *transformed* block to produce the next block's inputs. Inside a block, layers
+are visited in "true sequential" order: the layers that read the same input form a stage, and each
+stage's statistics come from a forward pass through the already-transformed earlier stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress import console
+from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
+
+
+class _StopForward(Exception):
+    """Raised by the block-0 hook once its inputs are captured: the rest of the model is not needed."""
+
+
+@dataclass
+class BlockInputs:
+    """Inputs of the current block, one entry per calibration batch."""
+
+    hidden: list[torch.Tensor]
+    kwargs: list[dict[str, Any]]
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@torch.inference_mode()
+def capture_block_inputs(
+    model: nn.Module, layout: DecoderLayout, input_ids: torch.Tensor, batch_size: int
+) -> BlockInputs:
+    """Run the model up to block 0 on every batch and keep what block 0 receives."""
+    captured = BlockInputs([], [])
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.hidden.append(hidden)
+        captured.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = layout.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    device = _device_of(model)
+    try:
+        for start in range(0, input_ids.shape[0], batch_size):
+            with suppress(_StopForward):
+                model(input_ids=input_ids[start : start + batch_size].to(device), use_cache=False)
+    finally:
+        handle.remove()
+    return captured
+
+
+def _block_output(output: Any) -> torch.Tensor:
+    """Decoder blocks return a tensor or a tuple whose first item is the hidden states."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@torch.inference_mode()
+def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
+    return [
+        _block_output(block(hidden, **kwargs))
+        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True)
+    ]
+
+
+@contextmanager
+def record_inputs(
+    layers: list[LinearLayer], sink: Callable[[LinearLayer, torch.Tensor], None]
+) -> Iterator[None]:
+    """Call `sink(layer, input)` with the 2-D input [tokens, in_features] of each layer on every forward."""
+
+    def make_hook(layer: LinearLayer):
+        def hook(module, args):
+            sink(layer, args[0].detach().reshape(-1, layer.in_features))
+
+        return hook
+
+    handles = [layer.module.register_forward_pre_hook(make_hook(layer)) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def sequential_stages(block: nn.Module, inputs: BlockInputs) -> list[list[LinearLayer]]:
+    """The block's linear layers grouped by shared input, in execution order (one probe forward).
+
+    Layers that read the very same tensor (q, k and v after the attention norm; gate and up after
+    the MLP norm) form one stage; the order is the order in which the stages fire.
+    """
+    layers = find_linear_layers(block)
+    first_seen: dict[int, list[LinearLayer]] = {}
+    order: list[int] = []
+    alive: list[torch.Tensor] = []  # held so that no later tensor can reuse a seen address
+
+    def sink(layer: LinearLayer, tensor: torch.Tensor) -> None:
+        alive.append(tensor)
+        key = tensor.untyped_storage().data_ptr()
+        if key not in first_seen:
+            first_seen[key] = []
+            order.append(key)
+        if layer not in first_seen[key]:
+            first_seen[key].append(layer)
+
+    probe = BlockInputs(inputs.hidden[:1], inputs.kwargs[:1])
+    with record_inputs(layers, sink):
+        run_block(block, probe)
+    stages, seen = [], set()
+    for key in order:
+        stage = [layer for layer in first_seen[key] if layer.name not in seen]
+        seen.update(layer.name for layer in stage)
+        if stage:
+            stages.append(stage)
+    return stages
+
+
+#: A technique's per-block step: given the block, its inputs and its stages, transform it in place.
+BlockTransform = Callable[[int, nn.Module, BlockInputs, list[list[LinearLayer]]], None]
+
+
+def calibrate_sequentially(
+    model: nn.Module,
+    layout: DecoderLayout,
+    input_ids: torch.Tensor,
+    transform: BlockTransform,
+    batch_size: int = 8,
+    description: str = "calibrating",
+) -> None:
+    """Drive `transform` over every block, feeding each block the outputs of the transformed previous one."""
+    inputs = capture_block_inputs(model, layout, input_ids, batch_size)
+    with console.progress() as bar:
+        task = bar.add_task(description, total=len(layout.blocks), status="")
+        for index, block in enumerate(layout.blocks):
+            stages = sequential_stages(block, inputs)
+            transform(index, block, inputs, stages)
+            inputs = BlockInputs(run_block(block, inputs), inputs.kwargs)
+            bar.update(task, advance=1, status=f"block {index + 1}/{len(layout.blocks)}")

@@ -1,0 +1,108 @@
+"""RTN and GPTQ over a whole model: which layers, in which order, with which statistics.
+
+Both return one `LayerResult` per quantized linear layer (the integers, ready to pack, and the
+layer's quantization error for the manifest) and leave the model holding the dequantized weights,
+so that later blocks are calibrated on what the quantized model really computes. Embeddings, norms
+and `lm_head` are never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from compress.calibrate import BlockInputs, calibrate_sequentially, record_inputs, run_block
+from compress.errors import CompressError
+from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
+from compress.quantize.config import QuantizeConfig
+from compress.quantize.gptq import GPTQ
+from compress.quantize.qweight import QuantizedWeight
+from compress.quantize.rtn import rtn_quantize
+
+
+@dataclass
+class LayerResult:
+    name: str  # full module name in the model
+    weight: QuantizedWeight
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def weight_matrix(layer: LinearLayer) -> torch.Tensor:
+    """The layer's weight as [out, in] (GPT-2's Conv1D stores it transposed)."""
+    weight = layer.module.weight.data
+    return weight.T if layer.transposed else weight
+
+
+def set_weight(layer: LinearLayer, matrix: torch.Tensor) -> None:
+    """Write an [out, in] matrix back in the layer's own layout and dtype."""
+    target = layer.module.weight
+    target.data.copy_((matrix.T if layer.transposed else matrix).to(target.dtype))
+
+
+def _apply(layer: LinearLayer, full_name: str, qw: QuantizedWeight, stats: dict) -> LayerResult:
+    original = weight_matrix(layer).float()
+    dequantized = qw.dequantize()
+    stats = {
+        **stats,
+        "weight_rel_error": ((dequantized - original).norm() / original.norm().clamp_min(1e-12)).item(),
+    }
+    set_weight(layer, dequantized)
+    return LayerResult(full_name, qw, stats)
+
+
+def check_group_size(layout: DecoderLayout, config: QuantizeConfig) -> None:
+    """An explicit group size must divide every quantized layer's input width (no silent fallback)."""
+    size = config.group_size
+    if size is None or size == -1:
+        return
+    for index, block in enumerate(layout.blocks):
+        for layer in find_linear_layers(block):
+            if layer.in_features % size:
+                divisor = max(d for d in range(1, size + 1) if layer.in_features % d == 0)
+                raise CompressError(
+                    f"--group-size {size} does not divide the input width {layer.in_features} of "
+                    f"{layout.blocks_path}.{index}.{layer.name}; use {divisor}, -1, or leave it unset "
+                    "for the automatic per-layer fallback"
+                )
+
+
+def quantize_rtn(layout: DecoderLayout, config: QuantizeConfig) -> list[LayerResult]:
+    """Round every block linear to nearest: no data needed."""
+    results = []
+    for index, block in enumerate(layout.blocks):
+        for layer in find_linear_layers(block):
+            qw = rtn_quantize(weight_matrix(layer), config.bits, config.nominal_group_size, config.sym)
+            results.append(_apply(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, {}))
+    return results
+
+
+def quantize_gptq(
+    model: nn.Module,
+    layout: DecoderLayout,
+    calibration: torch.Tensor,
+    config: QuantizeConfig,
+    batch_size: int = 8,
+) -> list[LayerResult]:
+    """GPTQ, block by block and stage by stage, each stage's Hessian from the quantized earlier ones."""
+    results: list[LayerResult] = []
+
+    def transform(index: int, block: nn.Module, inputs: BlockInputs, stages: list[list[LinearLayer]]) -> None:
+        for stage in stages:
+            statistics = {layer.name: GPTQ(layer.in_features) for layer in stage}
+            with record_inputs(stage, lambda layer, x, stats=statistics: stats[layer.name].add_batch(x)):
+                run_block(block, inputs)
+            for layer in stage:
+                qw, stats = statistics[layer.name].quantize(
+                    weight_matrix(layer),
+                    config.bits,
+                    config.nominal_group_size,
+                    config.sym,
+                    config.act_order,
+                    config.damp_percent,
+                )
+                results.append(_apply(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, stats))
+
+    calibrate_sequentially(model, layout, calibration, transform, batch_size, "GPTQ")
+    return results

@@ -1,0 +1,131 @@
+"""GPTQ (Frantar et al., 2022): quantize a layer column by column, pushing each column's rounding
+error onto the columns not yet quantized, weighted by the inverse Hessian of the layer's inputs.
+
+Two plain steps, as in the paper's reference: `GPTQ.add_batch` accumulates H = 2/n Σ x xᵀ from the
+layer's calibration inputs; `GPTQ.quantize` transforms the weights. Options: group size, symmetric
+or asymmetric grid, act-order (columns by decreasing Hessian diagonal) with static groups (each
+group's grid is fixed from the original weights up front, so groups stay contiguous and every kernel
+can run the result), block-wise lazy updates, and damping that grows until Cholesky succeeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from compress.errors import CompressError
+from compress.quantize.qweight import QuantizedWeight
+from compress.quantize.rtn import dequantize_grid, effective_group_size, grid_params, quantize_to_grid
+
+LAZY_BLOCK = 128
+MAX_DAMP_TRIES = 6
+
+
+class GPTQ:
+    """One layer's Hessian statistics and its GPTQ transformation."""
+
+    def __init__(self, in_features: int) -> None:
+        self.hessian = torch.zeros(in_features, in_features, dtype=torch.float64)
+        self.samples = 0
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        """Fold a batch of inputs [tokens, in_features] into the running mean of 2·x·xᵀ."""
+        x = inputs.to(torch.float64)
+        count = x.shape[0]
+        self.hessian *= self.samples / (self.samples + count)
+        self.samples += count
+        x = x * math.sqrt(2 / self.samples)
+        self.hessian += x.T @ x
+
+    def _inverse_cholesky(self, hessian: torch.Tensor, damp_percent: float) -> tuple[torch.Tensor, float]:
+        """Upper Cholesky factor of H⁻¹, raising the damping ×10 each time the factorization fails."""
+        mean_diagonal = torch.mean(torch.diag(hessian)).item()
+        damp = damp_percent
+        for _ in range(MAX_DAMP_TRIES):
+            damped = hessian + torch.eye(hessian.shape[0], dtype=hessian.dtype) * damp * mean_diagonal
+            factor, info = torch.linalg.cholesky_ex(damped)
+            if info.item() == 0:
+                inverse = torch.cholesky_inverse(factor)
+                upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+                if info.item() == 0:
+                    return upper, damp
+            damp *= 10
+        raise CompressError("GPTQ could not factorize a layer's Hessian even with heavy damping")
+
+    def quantize(
+        self,
+        weight: torch.Tensor,
+        bits: int,
+        group_size: int,
+        sym: bool,
+        act_order: bool = True,
+        damp_percent: float = 0.01,
+    ) -> tuple[QuantizedWeight, dict[str, float]]:
+        """Quantize `weight` [out, in]; returns the integers and statistics (error, damping used)."""
+        w = weight.detach().to(torch.float64).clone()
+        columns = w.shape[1]
+        size = effective_group_size(columns, group_size)
+        hessian = self.hessian.clone()
+        dead = torch.diag(hessian) == 0
+        hessian[dead, dead] = 1
+        w[:, dead] = 0
+
+        static_scales, static_zeros = self._static_grid(w, size, bits, sym)
+        order = torch.argsort(torch.diag(hessian), descending=True) if act_order else torch.arange(columns)
+        w, hessian = w[:, order], hessian[order][:, order]
+        h_inv, damp = self._inverse_cholesky(hessian, damp_percent)
+
+        q = torch.zeros_like(w)
+        losses = torch.zeros(w.shape[0], dtype=torch.float64)
+        block = size * max(1, LAZY_BLOCK // size)  # a multiple of the group: no group straddles blocks
+        group_of = order // size  # static groups follow the original column's position
+        dynamic_scales, dynamic_zeros = static_scales.clone(), static_zeros.clone()
+        scale = zero = None
+        for start in range(0, columns, block):
+            end = min(start + block, columns)
+            w_block, h_block = w[:, start:end].clone(), h_inv[start:end, start:end]
+            errors = torch.zeros_like(w_block)
+            for i in range(end - start):
+                column = start + i
+                if act_order:
+                    group = group_of[column]
+                    scale, zero = static_scales[:, group], static_zeros[:, group]
+                elif column % size == 0:  # the grid is chosen from the error-updated weights
+                    scale, zero = grid_params(w_block[:, i : i + size].float(), bits, sym)
+                    scale, zero = scale.double(), zero.double()
+                    dynamic_scales[:, column // size], dynamic_zeros[:, column // size] = scale, zero
+                wcol = w_block[:, i : i + 1]
+                qcol = quantize_to_grid(wcol, scale, zero, bits)
+                dq = dequantize_grid(qcol, scale, zero)
+                q[:, column] = qcol[:, 0]
+                diagonal = h_block[i, i]
+                error = (wcol - dq)[:, 0] / diagonal
+                losses += (wcol - dq)[:, 0] ** 2 / diagonal**2 / 2
+                w_block[:, i:] -= error.unsqueeze(1) @ h_block[i, i:].unsqueeze(0)
+                errors[:, i] = error
+            w[:, end:] -= errors @ h_inv[start:end, end:]
+
+        inverse_order = torch.argsort(order)
+        q = q[:, inverse_order]
+        scales, zeros = (static_scales, static_zeros) if act_order else (dynamic_scales, dynamic_zeros)
+        result = QuantizedWeight(
+            q=q.to(torch.int32),
+            scales=scales.float(),
+            zeros=zeros.to(torch.int32),
+            g_idx=(torch.arange(columns) // size).to(torch.int32),
+            bits=bits,
+            group_size=size,
+            sym=sym,
+        )
+        return result, {"gptq_loss": losses.sum().item(), "damp_percent": damp, "samples": self.samples}
+
+    @staticmethod
+    def _static_grid(w: torch.Tensor, size: int, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-group grids [out, groups] from the unquantized weights (act-order's static groups)."""
+        grids = [
+            grid_params(w[:, g * size : (g + 1) * size].float(), bits, sym) for g in range(w.shape[1] // size)
+        ]
+        return torch.stack([s for s, _ in grids], dim=1).double(), torch.stack(
+            [z for _, z in grids], dim=1
+        ).double()

@@ -1,0 +1,134 @@
+"""Calibrated weight quantization on the trained demo model: the literature's orderings, exact
+packed round trips, artifacts that load, and one-line errors for bad requests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_one_line_error
+from safetensors.torch import load_file, save_file
+
+import compress
+from compress.artifact import describe, read_manifest
+from compress.data import sample_windows, sequential_windows
+from compress.evaluate.divergence import kl_divergence
+from compress.modeling import discover_layout, load_model, load_tokenizer, resolve_model
+from compress.quantize.calibrated import quantize_gptq, quantize_rtn
+from compress.quantize.config import QuantizeConfig
+from compress.quantize.packed import load_packed, write_packed
+
+pytestmark = pytest.mark.slow
+
+CALIBRATION = "builtin:python-stdlib:train"
+HELDOUT = "builtin:python-stdlib:heldout"
+
+
+@pytest.fixture(scope="module")
+def setting(demo):
+    """The demo model's source, calibration windows, held-out windows and baseline log-probs."""
+    source = resolve_model(demo[0])
+    tokenizer = load_tokenizer(source)
+    calibration = sample_windows(tokenizer, CALIBRATION, samples=32, seq_len=256, seed=0).input_ids
+    heldout = sequential_windows(tokenizer, HELDOUT, seq_len=256, max_tokens=16 * 256).input_ids
+    baseline = load_model(source, dtype="float32", device="cpu")
+    return source, calibration, heldout, _log_probs(baseline, heldout)
+
+
+def _log_probs(model, windows) -> torch.Tensor:
+    with torch.inference_mode():
+        logits = model(input_ids=windows).logits[:, :-1].float()
+    return F.log_softmax(logits, -1).reshape(-1, logits.shape[-1])
+
+
+def _quantized(setting, method: str, bits: int, **options):
+    source, calibration, _, _ = setting
+    model = load_model(source, dtype="float32", device="cpu")
+    layout = discover_layout(model)
+    config = QuantizeConfig(method=method, bits=bits, seq_len=256, **options)
+    results = (
+        quantize_rtn(layout, config) if method == "rtn" else quantize_gptq(model, layout, calibration, config)
+    )
+    return model, results, config
+
+
+def _kld(setting, model) -> float:
+    _, _, heldout, baseline = setting
+    return kl_divergence(baseline, _log_probs(model, heldout)).mean().item()
+
+
+@pytest.fixture(scope="module")
+def klds(setting) -> dict[tuple[str, int], float]:
+    return {
+        (method, bits): _kld(setting, _quantized(setting, method, bits)[0])
+        for method in ("rtn", "gptq")
+        for bits in (4, 3)
+    }
+
+
+def test_gptq_beats_rtn_at_4_and_3_bits(klds):
+    assert klds[("gptq", 4)] < klds[("rtn", 4)]
+    assert klds[("gptq", 3)] < klds[("rtn", 3)]
+    assert klds[("gptq", 3)] <= 0.6 * klds[("rtn", 3)]
+    assert klds[("rtn", 4)] < klds[("rtn", 3)]
+
+
+def test_packed_artifact_reloads_to_the_same_model(setting, tmp_path):
+    model, results, config = _quantized(setting, "gptq", 4, sym=False)
+    write_packed(model, results, config, tmp_path)
+    reloaded = load_packed(resolve_model(tmp_path), "cpu", "float32")
+    heldout = setting[2][:2]
+    with torch.inference_mode():
+        assert torch.allclose(reloaded(input_ids=heldout).logits, model(input_ids=heldout).logits, atol=1e-4)
+    # Per-layer group sizes: 128 where it divides the width, the largest divisor (86) for 344.
+    quantization = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert quantization["group_size"] == 128 and quantization["sym"] is False
+    assert {v["group_size"] for v in quantization["dynamic"].values()} == {86}
+
+
+def test_gptq_artifact_through_the_api(demo, tmp_path):
+    out = compress.quantize(
+        demo[0], tmp_path / "gptq", bits=4, calib=CALIBRATION, calib_samples=16, seq_len=128, device="cpu"
+    )
+    manifest = read_manifest(out)
+    assert manifest.method == "gptq" and manifest.format == "gptq-packed"
+    assert manifest.calibration["samples"] == 16 and manifest.calibration["seq_len"] == 128
+    layers = manifest.extra["layers"]
+    assert len(layers) == 3 * 7 and all(0 < v["weight_rel_error"] < 0.2 for v in layers.values())
+    info = describe(out)
+    assert info["parameters"] == manifest.model["parameters"]
+    tensors = load_file(out / "model.safetensors")
+    assert (
+        "model.layers.0.mlp.down_proj.qweight" in tensors
+        and "model.layers.0.mlp.down_proj.weight" not in tensors
+    )
+
+
+def test_bad_quantization_requests(run_cli, demo, tmp_path):
+    model = demo[0]
+    broken = tmp_path / "nan-model"
+    broken.mkdir()
+    for file in model.iterdir():
+        if file.is_file():
+            (broken / file.name).write_bytes(file.read_bytes())
+    weights = load_file(broken / "model.safetensors")
+    weights["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("def f():\n    return 1\n")
+    rtn = compress.quantize(model, tmp_path / "rtn", method="rtn", bits=4, device="cpu")
+    out = tmp_path / "out"
+    cases = [
+        (("quantize", model, "-m", "gptq", "--bits", "5", "--out", out), "supports --bits"),
+        (("quantize", model, "--method", "nf4", "--bits", "8", "--out", out), "supports --bits 4"),
+        (("quantize", model, "-m", "rtn", "--group-size", "100", "--out", out), "does not divide the input"),
+        (("quantize", broken, "--method", "rtn", "--out", out), "NaN or Inf"),
+        (("quantize", rtn, "--method", "gptq", "--out", out), "already quantized (gptq)"),
+        (("quantize", model, "-m", "gptq", "--calib", tiny, "--out", out), "fewer than 128 windows"),
+    ]  # fmt: skip
+    for argv, fragment in cases:
+        code, _, err = run_cli("-q", *argv)
+        assert_one_line_error(code, err, fragment)
+    assert not out.exists()
