@@ -99,7 +99,11 @@ def quantize(
         "--group-size",
         help="Weights per scale (-1: whole row). Unset: 128, or a layer's largest width divisor below 128.",
     ),
-    sym: bool = typer.Option(True, "--sym/--asym", help="Symmetric grid, or one with a zero point."),
+    sym: bool | None = typer.Option(
+        None,
+        "--sym/--asym",
+        help="Symmetric grid or one with a zero point (default: GPTQ/RTN sym, AWQ asym).",
+    ),
     act_order: bool = typer.Option(
         True, "--act-order/--no-act-order", help="GPTQ: columns by Hessian diagonal, static groups."
     ),

@@ -61,18 +61,28 @@ def _kld(setting, model) -> float:
 
 @pytest.fixture(scope="module")
 def klds(setting) -> dict[tuple[str, int], float]:
+    """Each method at its own convention (GPTQ symmetric, AWQ with zero points) and RTN both ways."""
+    variants = {
+        "rtn-sym": ("rtn", True),
+        "rtn-asym": ("rtn", False),
+        "gptq": ("gptq", None),
+        "awq": ("awq", None),
+    }
     return {
-        (method, bits): _kld(setting, _quantized(setting, method, bits)[0])
-        for method in ("rtn", "gptq")
+        (name, bits): _kld(setting, _quantized(setting, method, bits, sym=sym)[0])
+        for name, (method, sym) in variants.items()
         for bits in (4, 3)
     }
 
 
-def test_gptq_beats_rtn_at_4_and_3_bits(klds):
-    assert klds[("gptq", 4)] < klds[("rtn", 4)]
-    assert klds[("gptq", 3)] < klds[("rtn", 3)]
-    assert klds[("gptq", 3)] <= 0.6 * klds[("rtn", 3)]
-    assert klds[("rtn", 4)] < klds[("rtn", 3)]
+def test_gptq_and_awq_beat_rtn_at_4_and_3_bits(klds):
+    for bits in (4, 3):
+        assert klds[("gptq", bits)] < klds[("rtn-sym", bits)]
+        assert (
+            klds[("awq", bits)] < klds[("rtn-asym", bits)]
+        )  # same grid: the scales and clipping are the gain
+    assert klds[("gptq", 3)] <= 0.6 * klds[("rtn-sym", 3)]
+    assert klds[("rtn-sym", 4)] < klds[("rtn-sym", 3)]
 
 
 def test_packed_artifact_reloads_to_the_same_model(setting, tmp_path):
@@ -106,7 +116,18 @@ def test_gptq_artifact_through_the_api(demo, tmp_path):
     )
 
 
-def test_bad_quantization_requests(run_cli, demo, tmp_path):
+def test_awq_artifact_in_the_awq_gemm_layout(demo, tmp_path):
+    out = compress.quantize(
+        demo[0], tmp_path / "awq", method="awq", bits=4, calib=CALIBRATION, calib_samples=8, seq_len=128
+    )
+    quantization = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert quantization["quant_method"] == "awq" and quantization["zero_point"] is True
+    assert read_manifest(out).format == "awq-gemm"
+    model = load_packed(resolve_model(out), "cpu", "float32")
+    assert type(model.model.layers[0].mlp.down_proj).__name__ == "QuantLinear"
+
+
+def test_bad_quantization_requests(run_cli, demo, tiny_model_dir, tmp_path):
     model = demo[0]
     broken = tmp_path / "nan-model"
     broken.mkdir()
@@ -120,7 +141,9 @@ def test_bad_quantization_requests(run_cli, demo, tmp_path):
     tiny.write_text("def f():\n    return 1\n")
     rtn = compress.quantize(model, tmp_path / "rtn", method="rtn", bits=4, device="cpu")
     out = tmp_path / "out"
+    gpt2 = tiny_model_dir("gpt2")
     cases = [
+        (("quantize", gpt2, "-m", "awq", "--calib", CALIBRATION, "--out", out), "awq does not support 'gpt2'"),
         (("quantize", model, "-m", "gptq", "--bits", "5", "--out", out), "supports --bits"),
         (("quantize", model, "--method", "nf4", "--bits", "8", "--out", out), "supports --bits 4"),
         (("quantize", model, "-m", "rtn", "--group-size", "100", "--out", out), "does not divide the input"),

@@ -41,7 +41,7 @@ def set_weight(layer: LinearLayer, matrix: torch.Tensor) -> None:
     target.data.copy_((matrix.T if layer.transposed else matrix).to(target.dtype))
 
 
-def _apply(layer: LinearLayer, full_name: str, qw: QuantizedWeight, stats: dict) -> LayerResult:
+def apply_quantized(layer: LinearLayer, full_name: str, qw: QuantizedWeight, stats: dict) -> LayerResult:
     original = weight_matrix(layer).float()
     dequantized = qw.dequantize()
     stats = {
@@ -73,8 +73,8 @@ def quantize_rtn(layout: DecoderLayout, config: QuantizeConfig) -> list[LayerRes
     results = []
     for index, block in enumerate(layout.blocks):
         for layer in find_linear_layers(block):
-            qw = rtn_quantize(weight_matrix(layer), config.bits, config.nominal_group_size, config.sym)
-            results.append(_apply(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, {}))
+            qw = rtn_quantize(weight_matrix(layer), config.bits, config.nominal_group_size, config.symmetric)
+            results.append(apply_quantized(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, {}))
     return results
 
 
@@ -98,11 +98,13 @@ def quantize_gptq(
                     weight_matrix(layer),
                     config.bits,
                     config.nominal_group_size,
-                    config.sym,
+                    config.symmetric,
                     config.act_order,
                     config.damp_percent,
                 )
-                results.append(_apply(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, stats))
+                results.append(
+                    apply_quantized(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, stats)
+                )
 
     calibrate_sequentially(model, layout, calibration, transform, batch_size, "GPTQ")
     return results

@@ -40,7 +40,8 @@ class QuantizeConfig(BaseModel):
     bits: int = 16
     #: None: 128, or a layer's largest width divisor below 128; an explicit size must divide every width.
     group_size: int | None = None
-    sym: bool = True
+    #: None: the method's convention (symmetric for RTN/GPTQ, a zero point for AWQ).
+    sym: bool | None = None
     act_order: bool = True
     damp_percent: float = Field(0.01, gt=0, lt=1)
     calib: str | None = None
@@ -59,6 +60,10 @@ class QuantizeConfig(BaseModel):
         if self.group_size is not None and (self.group_size == 0 or self.group_size < -1):
             raise ValueError(f"--group-size must be -1 or positive, not {self.group_size}")
         return self
+
+    @property
+    def symmetric(self) -> bool:
+        return self.method != "awq" if self.sym is None else self.sym
 
     @property
     def nominal_group_size(self) -> int:

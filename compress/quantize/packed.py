@@ -49,10 +49,10 @@ def quantization_config_for(config: QuantizeConfig, results: list[LayerResult], 
     # The most common effective group size is the nominal one; layers that differ get an override.
     nominal = Counter(r.weight.group_size for r in results).most_common(1)[0][0]
     if fmt == "awq":
-        entry = awq_quantization_config(config.bits, nominal, zero_point=not config.sym)
+        entry = awq_quantization_config(config.bits, nominal, zero_point=not config.symmetric)
     else:
         entry = gptq_quantization_config(
-            config.bits, nominal, config.sym, desc_act=False, damp_percent=config.damp_percent
+            config.bits, nominal, config.symmetric, desc_act=False, damp_percent=config.damp_percent
         )
     dynamic = _dynamic_overrides(results, blocks_path, nominal)
     if dynamic:

@@ -133,6 +133,10 @@ def _packed(
         check_finite(loaded, config.method)
         layout = discover_layout(loaded)
     check_group_size(layout, config)
+    if config.method == "awq":
+        from compress.quantize.awq import check_supported
+
+        check_supported(loaded.config.model_type)
     calibration = None
     if config.method == "rtn":
         with timer.phase("quantize"):

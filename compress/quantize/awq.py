@@ -1,0 +1,163 @@
+"""AWQ (Lin et al., 2023): protect the weights that meet large activations by scaling them up
+before rounding, and fold the inverse scale into the operation that produces their input.
+
+Per block, for each group of linears that read one tensor: search a per-input-channel scale
+s = x̄^α / w̄^(1−α) over a grid of α, minimizing the error of the group's outputs on calibration
+inputs after quantization; divide the producing norm (or linear) by s and multiply the linears'
+input columns by s (an exact rewrite of the float model). Then search, per output row and group,
+how far to clip the weights' range, and round to the grid. Which operation feeds which linears is
+architecture knowledge: `SCALE_GROUPS` states it per model type, and other types are refused.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from compress.calibrate import BlockInputs, calibrate_sequentially, record_inputs, run_block
+from compress.errors import CompressError
+from compress.modeling import DecoderLayout, LinearLayer
+from compress.quantize.calibrated import LayerResult, apply_quantized, weight_matrix
+from compress.quantize.config import QuantizeConfig
+from compress.quantize.rtn import effective_group_size, rtn_quantize
+
+_LLAMA_GROUPS = [
+    ("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+    ("self_attn.v_proj", ["self_attn.o_proj"]),
+    ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"]),
+    ("mlp.up_proj", ["mlp.down_proj"]),
+]
+#: (operation whose output is scaled down, linears whose input columns are scaled up), in order.
+SCALE_GROUPS: dict[str, list[tuple[str, list[str]]]] = {
+    "llama": _LLAMA_GROUPS,
+    "mistral": _LLAMA_GROUPS,
+    "qwen2": _LLAMA_GROUPS,
+    "qwen3": _LLAMA_GROUPS,
+    "opt": [
+        ("self_attn_layer_norm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+        ("self_attn.v_proj", ["self_attn.out_proj"]),
+        ("final_layer_norm", ["fc1"]),
+        ("fc1", ["fc2"]),  # ReLU commutes with a positive scale
+    ],
+}
+RATIO_GRID = 20
+CLIP_GRID = 20
+CLIP_MIN_SHRINK = 0.5
+MAX_SEARCH_TOKENS = 4096
+CLIP_TOKENS = 512
+
+
+def check_supported(model_type: str) -> None:
+    if model_type not in SCALE_GROUPS:
+        raise CompressError(
+            f"awq does not support '{model_type}': its scale folding is defined for "
+            f"{', '.join(SCALE_GROUPS)}; use gptq instead"
+        )
+
+
+def _fake_quantize(weight: torch.Tensor, config: QuantizeConfig) -> torch.Tensor:
+    return rtn_quantize(weight, config.bits, config.nominal_group_size, config.symmetric).dequantize()
+
+
+def _subsample(x: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
+    if x.shape[0] <= limit:
+        return x
+    generator = torch.Generator().manual_seed(seed)
+    return x[torch.randperm(x.shape[0], generator=generator)[:limit]]
+
+
+def search_scale(x: torch.Tensor, weights: list[torch.Tensor], config: QuantizeConfig) -> torch.Tensor:
+    """The per-input-channel scale minimizing the group's output error after quantization."""
+    stacked = torch.cat(weights, dim=0).float()
+    x_mean = x.abs().mean(dim=0)
+    size = effective_group_size(stacked.shape[1], config.nominal_group_size)
+    grouped = stacked.abs().reshape(stacked.shape[0], -1, size)
+    w_mean = (grouped / grouped.amax(dim=2, keepdim=True).clamp_min(1e-8)).reshape_as(stacked).mean(dim=0)
+    reference = x @ stacked.T
+    best_scale, best_error = torch.ones_like(x_mean), float("inf")
+    for step in range(RATIO_GRID):
+        ratio = step / RATIO_GRID
+        scale = x_mean.pow(ratio).clamp_min(1e-4) / w_mean.pow(1 - ratio).clamp_min(1e-4)
+        scale = scale / (scale.max() * scale.min()).sqrt()
+        quantized = _fake_quantize(stacked * scale, config) / scale
+        error = (x @ quantized.T - reference).pow(2).mean().item()
+        if error < best_error:
+            best_scale, best_error = scale, error
+    return best_scale
+
+
+def _fold_scale(block: nn.Module, producer: str, consumers: list[LinearLayer], scale: torch.Tensor) -> None:
+    """Divide the producer's output by `scale` and multiply the consumers' input columns by it."""
+    module = block.get_submodule(producer)
+    with torch.no_grad():
+        if isinstance(module, nn.Linear):
+            module.weight.div_(scale.unsqueeze(1).to(module.weight.dtype))
+        else:
+            module.weight.div_(scale.to(module.weight.dtype))
+        if getattr(module, "bias", None) is not None:
+            module.bias.div_(scale.to(module.bias.dtype))
+        for layer in consumers:
+            layer.module.weight.mul_(scale.unsqueeze(0).to(layer.module.weight.dtype))
+
+
+def search_clip(weight: torch.Tensor, x: torch.Tensor, config: QuantizeConfig) -> torch.Tensor:
+    """The weight with each (row, group) range clipped where that lowers the output error."""
+    out_features, in_features = weight.shape
+    size = effective_group_size(in_features, config.nominal_group_size)
+    w = weight.float().reshape(out_features, -1, size)  # [out, groups, size]
+    xg = x.float().reshape(x.shape[0], -1, size)  # [tokens, groups, size]
+    reference = torch.einsum("tgs,ogs->tog", xg, w)
+    original_max = w.abs().amax(dim=2, keepdim=True)
+    best_max = original_max.clone()
+    best_error = torch.full((out_features, w.shape[1]), float("inf"))
+    for step in range(int(CLIP_GRID * (1 - CLIP_MIN_SHRINK))):
+        max_value = original_max * (1 - step / CLIP_GRID)
+        clipped = torch.clamp(w, -max_value, max_value).reshape(out_features, in_features)
+        quantized = _fake_quantize(clipped, config).reshape_as(w)
+        error = (torch.einsum("tgs,ogs->tog", xg, quantized) - reference).pow(2).mean(dim=0)
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_max = torch.where(better.unsqueeze(2), max_value, best_max)
+    return torch.clamp(w, -best_max, best_max).reshape(out_features, in_features)
+
+
+def quantize_awq(
+    model: nn.Module,
+    layout: DecoderLayout,
+    calibration: torch.Tensor,
+    config: QuantizeConfig,
+    batch_size: int = 8,
+) -> list[LayerResult]:
+    """AWQ over every block: scale search and folding, clip search, then rounding."""
+    check_supported(model.config.model_type)
+    results: list[LayerResult] = []
+
+    def collect(block: nn.Module, inputs: BlockInputs, layers: list[LinearLayer]) -> dict[str, torch.Tensor]:
+        seen: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
+        with record_inputs(layers, lambda layer, x: seen[layer.name].append(x.float())):
+            run_block(block, inputs)
+        return {
+            name: _subsample(torch.cat(parts), MAX_SEARCH_TOKENS, config.seed) for name, parts in seen.items()
+        }
+
+    def transform(index: int, block: nn.Module, inputs: BlockInputs, stages: list[list[LinearLayer]]) -> None:
+        layers = {layer.name: layer for stage in stages for layer in stage}
+        for producer, names in SCALE_GROUPS[model.config.model_type]:
+            consumers = [layers[name] for name in names if name in layers]
+            producer_module = block.get_submodule(producer)
+            width = consumers[0].in_features
+            if isinstance(producer_module, nn.Linear) and producer_module.out_features != width:
+                continue  # grouped-query attention: v_proj's output is narrower than o_proj's input
+            x = collect(block, inputs, consumers[:1])[consumers[0].name]
+            scale = search_scale(x, [weight_matrix(layer) for layer in consumers], config)
+            _fold_scale(block, producer, consumers, scale)
+        observed = collect(block, inputs, list(layers.values()))
+        for name, layer in layers.items():
+            clipped = search_clip(
+                weight_matrix(layer), _subsample(observed[name], CLIP_TOKENS, config.seed), config
+            )
+            qw = rtn_quantize(clipped, config.bits, config.nominal_group_size, config.symmetric)
+            results.append(apply_quantized(layer, f"{layout.blocks_path}.{index}.{name}", qw, {}))
+
+    calibrate_sequentially(model, layout, calibration, transform, batch_size, "AWQ")
+    return results
