@@ -254,6 +254,44 @@ def weight_statistics(directory: Path) -> dict[str, Any]:
     }
 
 
+def packed_layer_statistics(directory: Path, quantization: dict) -> dict[str, Any] | None:
+    """Bits per weight of the packed layers alone (GPTQ/AWQ layouts), from tensor shapes and sizes.
+
+    The whole-model figure mixes in embeddings and norms; this is the figure a format's theory
+    predicts: bits + (16 + bits) / group for scales and zero points, plus g_idx's 32 bits per input.
+    """
+    if quantization.get("quant_method") not in ("gptq", "awq"):
+        return None
+    bits = int(quantization["bits"])
+    parameters = data_bytes = layers = 0
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(file, framework="pt") as handle:
+            keys = list(handle.keys())
+            for key in (k for k in keys if k.endswith(".qweight")):
+                prefix = key.removesuffix("qweight")
+                rows, columns = handle.get_slice(key).get_shape()
+                if quantization["quant_method"] == "gptq":
+                    in_features, out_features = handle.get_slice(f"{prefix}g_idx").get_shape()[0], columns
+                else:
+                    in_features, out_features = rows, columns * 32 // bits
+                parameters += in_features * out_features
+                layers += 1
+                for name in ("qweight", "qzeros", "scales", "g_idx"):
+                    if f"{prefix}{name}" in keys:
+                        tensor = handle.get_slice(f"{prefix}{name}")
+                        count = 1
+                        for dim in tensor.get_shape():
+                            count *= dim
+                        data_bytes += count * (2 if tensor.get_dtype() == "F16" else 4)
+    if not parameters:
+        return None
+    return {
+        "layers": layers,
+        "parameters": parameters,
+        "bits_per_weight": round(8 * data_bytes / parameters, 4),
+    }
+
+
 def directory_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())
 
@@ -272,6 +310,7 @@ def describe(directory: Path) -> dict[str, Any]:
         # Packed tensors hide the real parameter count; the manifest kept the original's.
         statistics["parameters"] = manifest.model["parameters"]
         statistics["bits_per_weight"] = round(8 * statistics["tensor_bytes"] / statistics["parameters"], 4)
+        statistics["quantized_layers"] = packed_layer_statistics(directory, config["quantization_config"])
     return {
         "path": str(directory),
         "is_artifact": manifest is not None,

@@ -67,6 +67,15 @@ def inspect_view(info: dict[str, Any]) -> Group:
     ]
     if info.get("quantization_config"):
         rows.append(("quantization", str(info["quantization_config"].get("quant_method"))))
+    if info.get("quantized_layers"):
+        packed = info["quantized_layers"]
+        rows.append(
+            (
+                "quantized layers",
+                f"{packed['layers']} layers, {format_count(packed['parameters'])} weights, "
+                f"{packed['bits_per_weight']} bits per weight",
+            )
+        )
     parts: list[Any] = [_key_value_table("Model", rows)]
     manifest = info.get("manifest")
     if manifest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,13 @@ def test_reloaded_4bit_linears_skip_the_cpu_repack(artifacts):
     linears = [m for m in model.modules() if isinstance(m, Linear4bit)]
     assert linears
     assert not any(m.support_avx512bf16_for_cpu for m in linears)
+
+
+def test_int8_forward_does_not_log_per_matmul(artifacts, heldout, caplog):
+    model = load_bnb_for_eval(resolve_model(artifacts["int8"][0]), "cpu", "auto")
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        model(heldout[:1])
+    assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
 
 
 def test_save_refuses_weights_repacked_by_a_forward(demo, tmp_path):

@@ -109,6 +109,18 @@ def test_gptq_artifact_through_the_api(demo, tmp_path):
     assert len(layers) == 3 * 7 and all(0 < v["weight_rel_error"] < 0.2 for v in layers.values())
     info = describe(out)
     assert info["parameters"] == manifest.model["parameters"]
+    # The packed layers cost what the GPTQ layout's theory says: 4-bit weights, an fp16 scale and a
+    # 4-bit zero per group and output, an int32 g_idx per input.
+    layout = discover_layout(load_model(resolve_model(demo[0]), device="cpu"))
+    theory_bits = weights = 0
+    for index, block in enumerate(layout.blocks):
+        for layer in layout.linear_layers(index):
+            groups = layer.in_features // layers[f"model.layers.{index}.{layer.name}"]["group_size"]
+            weights += layer.in_features * layer.out_features
+            theory_bits += layer.in_features * layer.out_features * 4 + groups * layer.out_features * 20
+            theory_bits += layer.in_features * 32
+    assert info["quantized_layers"]["parameters"] == weights
+    assert info["quantized_layers"]["bits_per_weight"] == pytest.approx(theory_bits / weights, rel=0.02)
     tensors = load_file(out / "model.safetensors")
     assert (
         "model.layers.0.mlp.down_proj.qweight" in tensors
