@@ -87,14 +87,13 @@ def main() -> None:
     base = report.baseline.metrics
     size = base["size"]["weight_bytes"]
     print(f"\n{args.model}: baseline ppl {base['ppl']['value']:.4f}, {size:,} weight bytes\n")
-    print(
-        "| method | bits | KLD mean | same top-1 | ppl | weight bytes | bits/weight | packed layers b/w | quantize s |"
-    )
+    print("| method | bits | KLD mean | same top-1 | ppl | weight bytes | bits/w | packed b/w | quantize s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for result in report.results:
         m = result.metrics
         print(
-            f"| {result.method} | {result.name.split('-')[1]} | {m['kld']['mean']:.5f} | {m['same_top1']:.4f} | "
+            f"| {result.method} | {result.name.split('-')[1]} | {m['kld']['mean']:.5f} | "
+            f"{m['same_top1']:.4f} | "
             f"{m['ppl']['value']:.4f} | {m['size']['weight_bytes']:,} | {m['size']['bits_per_weight']:.2f} | "
             f"{_packed_bits(result.path)} | {times[result.name]:.1f} |"
         )

@@ -113,7 +113,7 @@ def test_gptq_artifact_through_the_api(demo, tmp_path):
     # 4-bit zero per group and output, an int32 g_idx per input.
     layout = discover_layout(load_model(resolve_model(demo[0]), device="cpu"))
     theory_bits = weights = 0
-    for index, block in enumerate(layout.blocks):
+    for index in range(len(layout.blocks)):
         for layer in layout.linear_layers(index):
             groups = layer.in_features // layers[f"model.layers.{index}.{layer.name}"]["group_size"]
             weights += layer.in_features * layer.out_features
