@@ -24,6 +24,7 @@ from compress.artifact import (
     lineage_for,
     save_model_files,
     staged_directory,
+    weight_statistics,
     write_manifest,
     write_model_card,
 )
@@ -194,7 +195,8 @@ def quantize(
         produced = _packed(source, config, trust_remote_code, timer)
     else:
         produced = _bnb(source, config, trust_remote_code, timer)
-    parameters = count_parameters(produced.model)
+    # The source's own count: packed and bitsandbytes tensors hide how many weights they stand for.
+    parameters = weight_statistics(source.path)["parameters"] or count_parameters(produced.model)
     with staged_directory(out_path, force) as staging:
         with timer.phase("save"):
             produced.write(staging)
