@@ -21,15 +21,32 @@ from torch import nn
 from compress.modeling import ModelSource, find_decoder_blocks, load_config, resolve_device, resolve_dtype
 from compress.quantize.calibrated import LayerResult
 from compress.quantize.config import QuantizeConfig
-from compress.quantize.packing import awq_quantization_config, gptq_quantization_config, pack_awq, pack_gptq
+from compress.quantize.packing import (
+    awq_quantization_config,
+    gptq_quantization_config,
+    pack_awq,
+    pack_gptq,
+    packed_shapes,
+)
 from compress.quantize.qlinear import quantized_module_names, replace_with_quant_linears
 
 FORMATS = {"gptq": "gptq-packed", "awq": "awq-gemm"}
 
 
-def packed_format(config: QuantizeConfig) -> str:
-    """AWQ's own GEMM layout holds 4-bit only; every other packed result uses the GPTQ layout."""
-    return "awq" if config.method == "awq" and config.bits == 4 else "gptq"
+def packed_format(config: QuantizeConfig, results: list[LayerResult] | None = None) -> str:
+    """AWQ results go in AWQ's GEMM layout when it can hold them (4-bit, output widths a multiple
+    of 8); otherwise, like every other packed result, in the GPTQ layout (valid for AWQ's integers:
+    contiguous groups, zero points stored)."""
+    if config.method != "awq" or config.bits != 4:
+        return "gptq"
+    for result in results or []:
+        try:
+            packed_shapes(
+                "awq", result.weight.in_features, result.weight.out_features, 4, result.weight.group_size
+            )
+        except ValueError:
+            return "gptq"
+    return "awq"
 
 
 def _dynamic_overrides(results: list[LayerResult], blocks_path: str, group_size: int) -> dict[str, dict]:
@@ -45,7 +62,7 @@ def _dynamic_overrides(results: list[LayerResult], blocks_path: str, group_size:
 
 
 def quantization_config_for(config: QuantizeConfig, results: list[LayerResult], blocks_path: str) -> dict:
-    fmt = packed_format(config)
+    fmt = packed_format(config, results)
     # The most common effective group size is the nominal one; layers that differ get an override.
     nominal = Counter(r.weight.group_size for r in results).most_common(1)[0][0]
     if fmt == "awq":
@@ -65,7 +82,7 @@ def write_packed(
     model: nn.Module, results: list[LayerResult], config: QuantizeConfig, directory: Path
 ) -> dict:
     """Save `model` with the layers in `results` packed; returns the `quantization_config` written."""
-    fmt = packed_format(config)
+    fmt = packed_format(config, results)
     pack = pack_awq if fmt == "awq" else pack_gptq
     by_name = {result.name: result for result in results}
     model.save_pretrained(directory)

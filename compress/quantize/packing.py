@@ -115,11 +115,8 @@ def group_span(in_features: int, group_size: int) -> int:
 def _gptq_shapes(in_features: int, out_features: int, bits: int, group_size: int) -> dict[str, tuple]:
     if bits not in GPTQ_BITS:
         raise ValueError(f"GPTQ packing supports {GPTQ_BITS} bits, not {bits}")
-    if bits == 3 and (in_features % WORD_BITS or out_features % WORD_BITS):
-        raise ValueError(
-            "GPTQ 3-bit packs 32 values into 3 int32 words: in_features and out_features must be "
-            f"multiples of 32, got {in_features} and {out_features}"
-        )
+    # 3-bit fields straddle words: widths that are multiples of 32 give the public layout exactly;
+    # other widths are zero-padded to whole words, which only compress's own loader reads.
     groups = _ceil_div(in_features, group_span(in_features, group_size))
     return {
         "qweight": (_ceil_div(in_features * bits, WORD_BITS), out_features),

@@ -162,7 +162,10 @@ def _packed(
         copy_tokenizer_files(source.path, staging)
 
     extra = {"layers": {r.name: {"group_size": r.weight.group_size, **r.stats} for r in results}}
-    return _Produced(loaded, FORMATS[packed_format(config)], write, calibration, extra)
+    fmt = packed_format(config, results)
+    if config.method == "awq" and fmt != "awq":
+        console.notice("the AWQ GEMM layout cannot hold these layer widths; writing the GPTQ layout instead")
+    return _Produced(loaded, FORMATS[fmt], write, calibration, extra)
 
 
 def quantize(
