@@ -34,6 +34,8 @@ format: install
 
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/load_and_cast.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/quantize.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/eval_speed.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache compressed
