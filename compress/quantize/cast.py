@@ -6,7 +6,10 @@ The model is loaded straight into the target dtype (no fp32 copy in memory). fp1
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from compress.errors import CompressError
@@ -23,3 +26,13 @@ def check_finite(model: nn.Module, method: str) -> None:
                 f"weight '{name}' has NaN or Inf values after the {method} cast; "
                 "the source model is broken or its values exceed the format's range (try bf16)"
             )
+
+
+def check_finite_files(directory: Path) -> None:
+    """Refuse NaN/Inf in a checkpoint, reading one tensor at a time (no model in memory)."""
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(file, framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                tensor = handle.get_tensor(name)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise CompressError(f"weight '{name}' has NaN or Inf values; the source model is broken")

@@ -40,7 +40,7 @@ from compress.modeling import (
     resolve_device,
     resolve_model,
 )
-from compress.quantize.cast import CAST_DTYPES, FORMAT, check_finite
+from compress.quantize.cast import CAST_DTYPES, FORMAT, check_finite, check_finite_files
 from compress.quantize.config import PACKED_METHODS, QuantizeConfig
 from compress.telemetry import PhaseTimer
 
@@ -91,7 +91,7 @@ def _bnb(
     from compress.quantize.bnb import BNB_FORMAT, load_bnb_quantized, save_bnb
 
     with timer.phase("load_and_quantize"):
-        check_finite(load_model(source, "auto", "cpu", trust_remote_code), config.method)
+        check_finite_files(source.path)
         loaded = load_bnb_quantized(
             source, config.method, config.double_quant, config.compute_dtype, config.device, trust_remote_code
         )
