@@ -3,8 +3,14 @@
 Each (model, method) runs `compress.quantize` in a fresh subprocess (so peak RSS is that run's own),
 on a GPT-2-small-shaped model with random weights (speed does not depend on training) and on the
 trained demo model, with the same calibration for every calibrated method. Nothing here is
-asserted. (The side-by-side run of gptqmodel on the same model and calibration comes with the
-`interop` extra; see docs/decisions.md.)
+asserted.
+
+With the `interop` extra installed, gptqmodel's GPTQ runs on the same model, the same calibration
+windows (passed to it as token ids, so both tools see identical tokens) and matched settings (4 bits,
+symmetric, act order with static groups, damping 0.01, one explicit group size that divides every
+width on both sides), beside a compress GPTQ run with those settings; both artifacts are then read
+by compress's own loader and scored by KLD against the float32 model on held-out windows. The ratio
+of wall times is the figure (goal: compress at most half of gptqmodel's time at equal or lower KLD).
 
     python bench/quantize.py [--samples 32 --seq-len 256 --layers 12]
 """
@@ -12,22 +18,63 @@ asserted. (The side-by-side run of gptqmodel on the same model and calibration c
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-RUN = """
-import json, resource, sys, time
+# Peak RSS of this process alone: Linux's VmHWM belongs to the address space exec made. ru_maxrss
+# would not do: it carries over the parent's RSS at fork time (the parent holds a model and torch),
+# which floors every child's figure at the parent's size.
+PEAK_RSS = """
+import resource
+def peak_rss_mib():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+RUN = (
+    PEAK_RSS
+    + """
+import json, sys, time
 import compress, compress.quantize.runner, transformers.models.gpt2.modeling_gpt2  # imports before the clock
-model, out, method, bits, calib, samples, seq_len = sys.argv[1:8]
+model, out, method, bits, calib, samples, seq_len, options = sys.argv[1:9]
 start = time.perf_counter()
 compress.quantize(model, out, method=method, bits=int(bits), calib=calib, calib_samples=int(samples),
-                  seq_len=int(seq_len), device="cpu")
+                  seq_len=int(seq_len), device="cpu", **json.loads(options))
 print(json.dumps({"wall_s": time.perf_counter() - start,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mib": peak_rss_mib()}))
 """
+)
+# Calibration is loaded (token ids) and gptqmodel imported before the clock, as compress is above.
+# GPTQModel.load, quantize and save are timed: the same span as compress.quantize (load .. save).
+GPTQMODEL_RUN = (
+    PEAK_RSS
+    + """
+import json, sys, time, torch
+from gptqmodel import GPTQModel, QuantizeConfig
+model, out, windows, group_size = sys.argv[1:5]
+calibration = torch.load(windows).tolist()
+start = time.perf_counter()
+config = QuantizeConfig(bits=4, group_size=int(group_size), sym=True, desc_act=True, static_groups=True,
+                        act_group_aware=False, damp_percent=0.01)
+loaded = GPTQModel.load(model, config, device="cpu", dtype=torch.float32)
+loaded.quantize(calibration, batch_size=1)
+loaded.save(out)
+print(json.dumps({"wall_s": time.perf_counter() - start,
+                  "peak_rss_mib": peak_rss_mib()}))
+"""
+)
+# Group sizes both tools accept and that divide every quantized width: GPT-2 small's 768 and 3072
+# take 128; the demo model's 256 and 688 (= 16 x 43) only 16 of gptqmodel's torch-kernel sizes.
+COMPARISON_GROUP_SIZE = {"gpt2-small (random)": 128, "demo (trained)": 16}
+HELDOUT = "builtin:python-stdlib:heldout"
+HELDOUT_WINDOWS = 16
 METHODS = [("fp16", 16), ("int8", 8), ("nf4", 4), ("rtn", 4), ("gptq", 4), ("awq", 4)]
 CALIBRATION = "builtin:python-stdlib:train"
 
@@ -46,12 +93,115 @@ def gpt2_small(path: Path, layers: int) -> None:
         (path / file.name).write_bytes(file.read_bytes())
 
 
-def run(model: Path, out: Path, method: str, bits: int, samples: int, seq_len: int) -> dict:
+def run(model: Path, out: Path, method: str, bits: int, samples: int, seq_len: int, **options) -> dict:
+    """One `compress.quantize` in a fresh interpreter, so its peak RSS is its own."""
     argv = [str(model), str(out), method, str(bits), CALIBRATION, str(samples), str(seq_len)]
-    result = subprocess.run([sys.executable, "-c", RUN, *argv], capture_output=True, text=True)
+    return _subprocess_figures(RUN, [*argv, json.dumps(options)])
+
+
+def _subprocess_figures(script: str, argv: list[str], cwd: Path | None = None) -> dict:
+    """Run `script` in a fresh interpreter; its last stdout line is the figures as JSON."""
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=cwd)
     if result.returncode != 0:
         return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def gptqmodel_run(model: Path, out: Path, windows: Path, group_size: int) -> dict:
+    """gptqmodel's GPTQ in a fresh interpreter, run from `out`'s parent (it writes logs/ there).
+
+    Its CPU worker pool wants 2 workers and fails on smaller machines unless told otherwise.
+    """
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, min(2, os.cpu_count() or 1))))
+    argv = [str(model), str(out), str(windows), str(group_size)]
+    return _subprocess_figures(GPTQMODEL_RUN, argv, cwd=out.parent)
+
+
+def calibration_windows(model: Path, samples: int, seq_len: int, path: Path) -> Path:
+    """The exact windows compress calibrates on (same source, count, length, seed 0), saved."""
+    import torch
+
+    from compress.data import sample_windows
+    from compress.modeling import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(model))
+    torch.save(sample_windows(tokenizer, CALIBRATION, samples, seq_len, seed=0).input_ids, path)
+    return path
+
+
+def kld_against_fp32(model: Path, artifacts: list[Path], seq_len: int) -> list[float]:
+    """Mean per-token KLD of each packed artifact against the float32 model on held-out windows.
+
+    Both tools' artifacts go through compress's own loader (it reads gptqmodel's GPTQ checkpoints),
+    so the figure compares the quantized weights, not two kernels' float16 rounding.
+    """
+    from compress.data import sequential_windows
+    from compress.evaluate.divergence import kl_divergence
+    from compress.modeling import load_model, load_tokenizer, resolve_model
+    from compress.quantize.packed import load_packed
+
+    source = resolve_model(model)
+    ids = sequential_windows(
+        load_tokenizer(source), HELDOUT, seq_len, max_tokens=HELDOUT_WINDOWS * seq_len
+    ).input_ids
+    base = _log_probs(load_model(source, "float32", "cpu", False), ids)
+    klds = []
+    for artifact in artifacts:
+        log_probs = _log_probs(load_packed(resolve_model(artifact), "cpu", "float32"), ids)
+        klds.append(kl_divergence(base, log_probs).mean().item())
+    return klds
+
+
+def _log_probs(model, ids):
+    """Next-token log-probabilities for every position of every window, flattened."""
+    import torch
+
+    with torch.inference_mode():
+        logits = torch.cat([model(input_ids=window[None]).logits[0] for window in ids])
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def compare_gptqmodel(models: dict[str, Path], root: Path, samples: int, seq_len: int) -> None:
+    """compress GPTQ beside gptqmodel GPTQ: same model, windows and settings; time, memory, KLD."""
+    if importlib.util.find_spec("gptqmodel") is None:
+        print("\ngptqmodel comparison skipped: it needs the `interop` extra (pip install '.[interop]')")
+        return
+    print(
+        "\ncompress vs gptqmodel GPTQ: 4 bits, sym, act order + static groups, damp 0.01, the same "
+        f"calibration token ids; KLD vs float32 on {HELDOUT_WINDOWS} × {seq_len} tokens of {HELDOUT}\n"
+    )
+    print("| model | tool | group | wall s | peak RSS MiB | KLD mean |")
+    print("|---|---|---:|---:|---:|---:|")
+    for label, model in models.items():
+        _compare_one(label, model, root / f"vs-{label[:4]}", samples, seq_len)
+
+
+def _compare_one(label: str, model: Path, work: Path, samples: int, seq_len: int) -> None:
+    """One model's two rows and the compress/gptqmodel time ratio."""
+    work.mkdir()
+    group = COMPARISON_GROUP_SIZE[label]
+    windows = calibration_windows(model, samples, seq_len, work / "windows.pt")
+    outs = {"compress": work / "compress", "gptqmodel": work / "gptqmodel"}
+    settings = {"group_size": group, "sym": True, "act_order": True, "damp_percent": 0.01}
+    figures = {
+        "compress": run(model, outs["compress"], "gptq", 4, samples, seq_len, **settings),
+        "gptqmodel": gptqmodel_run(model, outs["gptqmodel"], windows, group),
+    }
+    failed = {tool: f["error"] for tool, f in figures.items() if "error" in f}
+    klds = dict.fromkeys(outs, float("nan"))
+    if not failed:
+        klds = dict(zip(outs, kld_against_fp32(model, list(outs.values()), seq_len), strict=True))
+    for tool, f in figures.items():
+        if tool in failed:
+            print(f"| {label} | {tool} | {group} | failed: {failed[tool]} | | |")
+        else:
+            print(
+                f"| {label} | {tool} | {group} | {f['wall_s']:.1f} | {f['peak_rss_mib']:.0f} | "
+                f"{klds[tool]:.3e} |"
+            )
+    if not failed:
+        ratio = figures["compress"]["wall_s"] / figures["gptqmodel"]["wall_s"]
+        print(f"| {label} | time ratio compress/gptqmodel | | {ratio:.2f} | | |")
 
 
 def main() -> None:
@@ -80,6 +230,7 @@ def main() -> None:
                 else:
                     wall, peak = figures["wall_s"], figures["peak_rss_mib"]
                     print(f"| {label} | {method} | {bits} | {wall:.1f} | {peak:.0f} |")
+        compare_gptqmodel(models, root, args.samples, args.seq_len)
 
 
 if __name__ == "__main__":

@@ -75,9 +75,12 @@ class GPTQ:
         order = torch.argsort(torch.diag(hessian), descending=True) if act_order else torch.arange(columns)
         w, hessian = w[:, order], hessian[order][:, order]
         h_inv, damp = self._inverse_cholesky(hessian, damp_percent)
+        # The factorization needs float64; the column sweep does not, and runs twice as fast in float32.
+        w, h_inv = w.float(), h_inv.float()
+        static_scales, static_zeros = static_scales.float(), static_zeros.float()
 
         q = torch.zeros_like(w)
-        losses = torch.zeros(w.shape[0], dtype=torch.float64)
+        losses = torch.zeros(w.shape[0])
         block = size * max(1, LAZY_BLOCK // size)  # a multiple of the group: no group straddles blocks
         group_of = order // size  # static groups follow the original column's position
         dynamic_scales, dynamic_zeros = static_scales.clone(), static_zeros.clone()
@@ -92,8 +95,7 @@ class GPTQ:
                     group = group_of[column]
                     scale, zero = static_scales[:, group], static_zeros[:, group]
                 elif column % size == 0:  # the grid is chosen from the error-updated weights
-                    scale, zero = grid_params(w_block[:, i : i + size].float(), bits, sym)
-                    scale, zero = scale.double(), zero.double()
+                    scale, zero = grid_params(w_block[:, i : i + size], bits, sym)
                     dynamic_scales[:, column // size], dynamic_zeros[:, column // size] = scale, zero
                 wcol = w_block[:, i : i + 1]
                 qcol = quantize_to_grid(wcol, scale, zero, bits)
@@ -101,10 +103,10 @@ class GPTQ:
                 q[:, column] = qcol[:, 0]
                 diagonal = h_block[i, i]
                 error = (wcol - dq)[:, 0] / diagonal
-                losses += (wcol - dq)[:, 0] ** 2 / diagonal**2 / 2
                 w_block[:, i:] -= error.unsqueeze(1) @ h_block[i, i:].unsqueeze(0)
                 errors[:, i] = error
             w[:, end:] -= errors @ h_inv[start:end, end:]
+            losses += (errors**2).sum(dim=1) / 2  # (w − q)² / [H⁻¹]ᵢᵢ², the paper's per-column loss
 
         inverse_order = torch.argsort(order)
         q = q[:, inverse_order]
