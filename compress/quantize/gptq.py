@@ -26,12 +26,13 @@ class GPTQ:
     """One layer's Hessian statistics and its GPTQ transformation."""
 
     def __init__(self, in_features: int) -> None:
-        self.hessian = torch.zeros(in_features, in_features, dtype=torch.float64)
+        # float32 accumulation (as the reference implementation); the factorization runs in float64.
+        self.hessian = torch.zeros(in_features, in_features, dtype=torch.float32)
         self.samples = 0
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         """Fold a batch of inputs [tokens, in_features] into the running mean of 2·x·xᵀ."""
-        x = inputs.to(torch.float64)
+        x = inputs.to(torch.float32)
         count = x.shape[0]
         self.hessian *= self.samples / (self.samples + count)
         self.samples += count
@@ -66,7 +67,7 @@ class GPTQ:
         w = weight.detach().to(torch.float64).clone()
         columns = w.shape[1]
         size = effective_group_size(columns, group_size)
-        hessian = self.hessian.clone()
+        hessian = self.hessian.to(torch.float64)
         dead = torch.diag(hessian) == 0
         hessian[dead, dead] = 1
         w[:, dead] = 0
