@@ -3,7 +3,8 @@
 Each (model, method) runs `compress.quantize` in a fresh subprocess (so peak RSS is that run's own),
 on a GPT-2-small-shaped model with random weights (speed does not depend on training) and on the
 trained demo model, with the same calibration for every calibrated method. Nothing here is
-asserted.
+asserted. Last, the streaming case: GPTQ with `--max-memory` a quarter of the model's float32 size,
+its resident-memory growth against one block plus activations.
 
 With the `interop` extra installed, gptqmodel's GPTQ runs on the same model, the same calibration
 windows (passed to it as token ids, so both tools see identical tokens) and matched settings (4 bits,
@@ -31,24 +32,35 @@ from pathlib import Path
 # which floors every child's figure at the parent's size.
 PEAK_RSS = """
 import resource
+def _status_mib(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
 def peak_rss_mib():
     try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+        return _status_mib("VmHWM")
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss_mib():
+    try:
+        return _status_mib("VmRSS")
+    except OSError:
+        return 0.0
 """
 RUN = (
     PEAK_RSS
     + """
 import json, sys, time
-import compress, compress.quantize.runner, transformers.models.gpt2.modeling_gpt2  # imports before the clock
+# Imports before the clock (and before the resident-size baseline): they are the process, not the run.
+import compress, compress.quantize.runner, compress.quantize.calibrated, compress.quantize.packed
+import compress.streaming, compress.data, transformers.models.gpt2.modeling_gpt2
+import transformers.models.llama.modeling_llama
 model, out, method, bits, calib, samples, seq_len, options = sys.argv[1:9]
+base_rss = rss_mib()
 start = time.perf_counter()
 compress.quantize(model, out, method=method, bits=int(bits), calib=calib, calib_samples=int(samples),
                   seq_len=int(seq_len), device="cpu", **json.loads(options))
 print(json.dumps({"wall_s": time.perf_counter() - start,
-                  "peak_rss_mib": peak_rss_mib()}))
+                  "peak_rss_mib": peak_rss_mib(), "base_rss_mib": base_rss}))
 """
 )
 # Calibration is loaded (token ids) and gptqmodel imported before the clock, as compress is above.
@@ -93,9 +105,76 @@ def gpt2_small(path: Path, layers: int) -> None:
         (path / file.name).write_bytes(file.read_bytes())
 
 
-def run(model: Path, out: Path, method: str, bits: int, samples: int, seq_len: int, **options) -> dict:
+def streaming_model(path: Path, layers: int) -> dict:
+    """A Llama whose blocks dominate its size (1024 wide, 2816 MLP, small vocabulary), saved in
+    float32 with the demo tokenizer; returns its sizes in MB."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from compress.demo import demo_model
+
+    tokenizer_dir, _ = demo_model(fast=True)
+    config = LlamaConfig(
+        vocab_size=1024,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        max_position_embeddings=1024,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    for file in tokenizer_dir.glob("tokenizer*"):
+        (path / file.name).write_bytes(file.read_bytes())
+    block = sum(p.numel() * 4 for p in model.model.layers[0].parameters())
+    total = sum(p.numel() * 4 for p in model.parameters())
+    return {"block_mb": block / 1e6, "total_mb": total / 1e6, "hidden": config.hidden_size}
+
+
+def bench_streaming(root: Path, samples: int, seq_len: int, layers: int = 8) -> None:
+    """GPTQ on a model ≥4× `--max-memory`, streamed, beside the same run with the model in memory.
+
+    The figure is the growth of resident memory over the process's size after imports (torch and
+    transformers alone take a few hundred MB), against one float32 block plus the calibration
+    activations (a block's inputs and outputs, float32), the engine's floor.
+    """
+    sizes = streaming_model(root / "streaming", layers)
+    # The calibration text as a small file: reading the whole stdlib corpus to sample from it would
+    # cost more memory than a block, and that cost belongs to the data, not to the engine.
+    calib = calibration_text(root / "streaming", samples, seq_len, root / "calibration.txt")
+    activations = 2 * samples * seq_len * sizes["hidden"] * 4 / 1e6
+    budget = f"{int(sizes['total_mb'] / 4)}MB"
+    print(
+        f"\nstreaming: Llama {layers} x (1024 wide, MLP 2816), float32 weights {sizes['total_mb']:.0f} MB, "
+        f"one block {sizes['block_mb']:.1f} MB, activations {activations:.1f} MB, --max-memory {budget}\n"
+    )
+    print("| run | wall s | resident growth MB | / (block + activations) |")
+    print("|---|---:|---:|---:|")
+    floor = sizes["block_mb"] + activations
+    for label, options in (("in memory", {}), (f"--max-memory {budget}", {"max_memory": budget})):
+        out = root / f"streaming-{'stream' if options else 'memory'}"
+        figures = run(root / "streaming", out, "gptq", 4, samples, seq_len, calib, **options)
+        if "error" in figures:
+            print(f"| {label} | failed: {figures['error']} | | |")
+            continue
+        growth = (figures["peak_rss_mib"] - figures["base_rss_mib"]) * 1.048576
+        print(f"| {label} | {figures['wall_s']:.1f} | {growth:.0f} | {growth / floor:.2f} |")
+
+
+def run(
+    model: Path,
+    out: Path,
+    method: str,
+    bits: int,
+    samples: int,
+    seq_len: int,
+    calib: str = CALIBRATION,
+    **options,
+) -> dict:
     """One `compress.quantize` in a fresh interpreter, so its peak RSS is its own."""
-    argv = [str(model), str(out), method, str(bits), CALIBRATION, str(samples), str(seq_len)]
+    argv = [str(model), str(out), method, str(bits), calib, str(samples), str(seq_len)]
     return _subprocess_figures(RUN, [*argv, json.dumps(options)])
 
 
@@ -127,6 +206,17 @@ def calibration_windows(model: Path, samples: int, seq_len: int, path: Path) -> 
     tokenizer = load_tokenizer(resolve_model(model))
     torch.save(sample_windows(tokenizer, CALIBRATION, samples, seq_len, seed=0).input_ids, path)
     return path
+
+
+def calibration_text(model: Path, samples: int, seq_len: int, path: Path) -> str:
+    """Twice the tokens `samples` windows need, sampled from the usual source, decoded to a file."""
+    from compress.data import sample_windows
+    from compress.modeling import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(model))
+    windows = sample_windows(tokenizer, CALIBRATION, 2 * samples, seq_len, seed=0).input_ids
+    path.write_text("\n\n".join(tokenizer.decode(row) for row in windows))
+    return str(path)
 
 
 def kld_against_fp32(model: Path, artifacts: list[Path], seq_len: int) -> list[float]:
@@ -231,6 +321,7 @@ def main() -> None:
                     wall, peak = figures["wall_s"], figures["peak_rss_mib"]
                     print(f"| {label} | {method} | {bits} | {wall:.1f} | {peak:.0f} |")
         compare_gptqmodel(models, root, args.samples, args.seq_len)
+        bench_streaming(root, min(args.samples, 16), args.seq_len)
 
 
 if __name__ == "__main__":

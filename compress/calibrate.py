@@ -129,6 +129,12 @@ def sequential_stages(block: nn.Module, inputs: BlockInputs) -> list[list[Linear
 
 #: A technique's per-block step: given the block, its inputs and its stages, transform it in place.
 BlockTransform = Callable[[int, nn.Module, BlockInputs, list[list[LinearLayer]]], None]
+#: Called with (index, block) around each block: loading it from disk before, writing and freeing it after.
+BlockHook = Callable[[int, nn.Module], None]
+
+
+def no_hook(index: int, block: nn.Module) -> None:
+    """The default residency: every block already in memory, nothing written as it finishes."""
 
 
 def calibrate_sequentially(
@@ -138,13 +144,21 @@ def calibrate_sequentially(
     transform: BlockTransform,
     batch_size: int = 8,
     description: str = "calibrating",
+    before_block: BlockHook = no_hook,
+    after_block: BlockHook = no_hook,
 ) -> None:
-    """Drive `transform` over every block, feeding each block the outputs of the transformed previous one."""
+    """Drive `transform` over every block, feeding each block the outputs of the transformed previous one.
+
+    `before_block` and `after_block` let a caller keep blocks on disk (stream them in, write and
+    free them once their outputs are computed), so only one block is resident at a time.
+    """
     inputs = capture_block_inputs(model, layout, input_ids, batch_size)
     with console.progress() as bar:
         task = bar.add_task(description, total=len(layout.blocks), status="")
         for index, block in enumerate(layout.blocks):
+            before_block(index, block)
             stages = sequential_stages(block, inputs)
             transform(index, block, inputs, stages)
             inputs = BlockInputs(run_block(block, inputs), inputs.kwargs)
+            after_block(index, block)
             bar.update(task, advance=1, status=f"block {index + 1}/{len(layout.blocks)}")

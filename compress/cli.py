@@ -119,6 +119,11 @@ def quantize(
         "bfloat16", "--compute-dtype", help="nf4/fp4: bfloat16, float16, float32."
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, …"),
+    max_memory: str | None = typer.Option(
+        None,
+        "--max-memory",
+        help="rtn/gptq/awq: keep the model on disk and stream one block at a time (e.g. 8GB).",
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="Replace --out if it exists."),
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="Run the model repo's own code."
@@ -148,6 +153,7 @@ def quantize(
         seed=seed,
         double_quant=double_quant,
         compute_dtype=compute_dtype,
+        max_memory=max_memory,
     )
     if console.mode.json:
         _emit_json({"artifact": str(path), **describe(path)})

@@ -18,7 +18,7 @@ from compress.evaluate.divergence import kl_divergence
 from compress.modeling import discover_layout, load_model, load_tokenizer, resolve_model
 from compress.quantize.calibrated import quantize_gptq, quantize_rtn
 from compress.quantize.config import QuantizeConfig
-from compress.quantize.packed import load_packed, write_packed
+from compress.quantize.packed import PackedWriter, load_packed
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,11 @@ def test_gptq_and_awq_beat_rtn_at_4_and_3_bits(klds):
 
 def test_packed_artifact_reloads_to_the_same_model(setting, tmp_path):
     model, results, config = _quantized(setting, "gptq", 4, sym=False)
-    write_packed(model, results, config, tmp_path)
+    writer = PackedWriter(tmp_path, setting[0], model, config, "gptq")
+    for index, block in enumerate(discover_layout(model).blocks):
+        writer.write_block(index, block, results)
+    writer.finish(results)
+    assert all(result.weight is None for result in results)  # integers released once written
     reloaded = load_packed(resolve_model(tmp_path), "cpu", "float32")
     heldout = setting[2][:2]
     with torch.inference_mode():

@@ -14,10 +14,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.calibrate import BlockInputs, calibrate_sequentially, record_inputs, run_block
+from compress.calibrate import (
+    BlockHook,
+    BlockInputs,
+    calibrate_sequentially,
+    no_hook,
+    record_inputs,
+    run_block,
+)
 from compress.errors import CompressError
 from compress.modeling import DecoderLayout, LinearLayer
-from compress.quantize.calibrated import LayerResult, apply_quantized, weight_matrix
+from compress.quantize.calibrated import (
+    BlockDone,
+    LayerResult,
+    apply_quantized,
+    block_finished,
+    weight_matrix,
+)
 from compress.quantize.config import QuantizeConfig
 from compress.quantize.rtn import effective_group_size, rtn_quantize
 
@@ -127,6 +140,8 @@ def quantize_awq(
     calibration: torch.Tensor,
     config: QuantizeConfig,
     batch_size: int = 8,
+    before_block: BlockHook = no_hook,
+    block_done: BlockDone | None = None,
 ) -> list[LayerResult]:
     """AWQ over every block: scale search and folding, clip search, then rounding."""
     check_supported(model.config.model_type)
@@ -159,5 +174,8 @@ def quantize_awq(
             qw = rtn_quantize(clipped, config.bits, config.nominal_group_size, config.symmetric)
             results.append(apply_quantized(layer, f"{layout.blocks_path}.{index}.{name}", qw, {}))
 
-    calibrate_sequentially(model, layout, calibration, transform, batch_size, "AWQ")
+    after_block = block_finished(layout, results, block_done)
+    calibrate_sequentially(
+        model, layout, calibration, transform, batch_size, "AWQ", before_block, after_block
+    )
     return results

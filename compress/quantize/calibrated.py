@@ -8,12 +8,20 @@ and `lm_head` are never touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from compress.calibrate import BlockInputs, calibrate_sequentially, record_inputs, run_block
+from compress.calibrate import (
+    BlockHook,
+    BlockInputs,
+    calibrate_sequentially,
+    no_hook,
+    record_inputs,
+    run_block,
+)
 from compress.errors import CompressError
 from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
 from compress.quantize.config import QuantizeConfig
@@ -25,7 +33,8 @@ from compress.quantize.rtn import rtn_quantize
 @dataclass
 class LayerResult:
     name: str  # full module name in the model
-    weight: QuantizedWeight
+    weight: QuantizedWeight | None  # None once written to the artifact
+    group_size: int
     stats: dict[str, float] = field(default_factory=dict)
 
 
@@ -41,6 +50,22 @@ def set_weight(layer: LinearLayer, matrix: torch.Tensor) -> None:
     target.data.copy_((matrix.T if layer.transposed else matrix).to(target.dtype))
 
 
+#: Called once a block is quantized and its outputs computed: (index, block, that block's results).
+BlockDone = Callable[[int, nn.Module, list[LayerResult]], None]
+
+
+def block_finished(layout: DecoderLayout, results: list[LayerResult], done: BlockDone | None) -> BlockHook:
+    """The engine's after-block hook that hands `done` the results of the block just finished."""
+    if done is None:
+        return no_hook
+
+    def hook(index: int, block: nn.Module) -> None:
+        prefix = f"{layout.blocks_path}.{index}."
+        done(index, block, [result for result in results if result.name.startswith(prefix)])
+
+    return hook
+
+
 def apply_quantized(layer: LinearLayer, full_name: str, qw: QuantizedWeight, stats: dict) -> LayerResult:
     original = weight_matrix(layer).float()
     dequantized = qw.dequantize()
@@ -49,7 +74,7 @@ def apply_quantized(layer: LinearLayer, full_name: str, qw: QuantizedWeight, sta
         "weight_rel_error": ((dequantized - original).norm() / original.norm().clamp_min(1e-12)).item(),
     }
     set_weight(layer, dequantized)
-    return LayerResult(full_name, qw, stats)
+    return LayerResult(full_name, qw, qw.group_size, stats)
 
 
 def check_group_size(layout: DecoderLayout, config: QuantizeConfig) -> None:
@@ -68,13 +93,21 @@ def check_group_size(layout: DecoderLayout, config: QuantizeConfig) -> None:
                 )
 
 
-def quantize_rtn(layout: DecoderLayout, config: QuantizeConfig) -> list[LayerResult]:
+def quantize_rtn(
+    layout: DecoderLayout,
+    config: QuantizeConfig,
+    before_block: BlockHook = no_hook,
+    block_done: BlockDone | None = None,
+) -> list[LayerResult]:
     """Round every block linear to nearest: no data needed."""
-    results = []
+    results: list[LayerResult] = []
+    after_block = block_finished(layout, results, block_done)
     for index, block in enumerate(layout.blocks):
+        before_block(index, block)
         for layer in find_linear_layers(block):
             qw = rtn_quantize(weight_matrix(layer), config.bits, config.nominal_group_size, config.symmetric)
             results.append(apply_quantized(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, {}))
+        after_block(index, block)
     return results
 
 
@@ -84,6 +117,8 @@ def quantize_gptq(
     calibration: torch.Tensor,
     config: QuantizeConfig,
     batch_size: int = 8,
+    before_block: BlockHook = no_hook,
+    block_done: BlockDone | None = None,
 ) -> list[LayerResult]:
     """GPTQ, block by block and stage by stage, each stage's Hessian from the quantized earlier ones."""
     results: list[LayerResult] = []
@@ -106,5 +141,8 @@ def quantize_gptq(
                     apply_quantized(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, stats)
                 )
 
-    calibrate_sequentially(model, layout, calibration, transform, batch_size, "GPTQ")
+    after_block = block_finished(layout, results, block_done)
+    calibrate_sequentially(
+        model, layout, calibration, transform, batch_size, "GPTQ", before_block, after_block
+    )
     return results

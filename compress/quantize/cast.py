@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
+from compress.checkpoint import CheckpointReader
 from compress.errors import CompressError
 
 CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -30,9 +30,8 @@ def check_finite(model: nn.Module, method: str) -> None:
 
 def check_finite_files(directory: Path) -> None:
     """Refuse NaN/Inf in a checkpoint, reading one tensor at a time (no model in memory)."""
-    for file in sorted(Path(directory).glob("*.safetensors")):
-        with safe_open(file, framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                tensor = handle.get_tensor(name)
-                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                    raise CompressError(f"weight '{name}' has NaN or Inf values; the source model is broken")
+    reader = CheckpointReader(directory)
+    for name in reader.names():
+        tensor = reader.get(name)
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CompressError(f"weight '{name}' has NaN or Inf values; the source model is broken")

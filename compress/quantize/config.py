@@ -51,6 +51,8 @@ class QuantizeConfig(BaseModel):
     double_quant: bool = False
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     device: str = "auto"
+    #: rtn/gptq/awq: keep the model on disk and stream one block at a time within this budget ("4GB").
+    max_memory: str | None = None
 
     @model_validator(mode="after")
     def _bits_fit_method(self) -> QuantizeConfig:
@@ -59,7 +61,29 @@ class QuantizeConfig(BaseModel):
             raise ValueError(f"method {self.method} supports --bits {supported}, not {self.bits}")
         if self.group_size is not None and (self.group_size == 0 or self.group_size < -1):
             raise ValueError(f"--group-size must be -1 or positive, not {self.group_size}")
+        if self.max_memory is not None:
+            if self.method not in PACKED_METHODS:
+                raise ValueError(
+                    f"--max-memory streams blocks for rtn, gptq and awq; {self.method} loads the whole model"
+                )
+            self.max_memory_bytes  # noqa: B018 - parse now, so a bad size fails before any work
         return self
+
+    @property
+    def max_memory_bytes(self) -> int | None:
+        """`--max-memory` in bytes ("4GB", "512MiB", or a plain number of bytes)."""
+        if self.max_memory is None:
+            return None
+        from accelerate.utils import convert_file_size_to_int
+
+        text = self.max_memory.strip()
+        try:
+            size = int(text) if text.isdigit() else convert_file_size_to_int(text)
+        except (ValueError, TypeError):
+            size = -1
+        if size <= 0:
+            raise ValueError(f"--max-memory '{self.max_memory}' is not a size such as 4GB or 512MiB")
+        return size
 
     @property
     def symmetric(self) -> bool:

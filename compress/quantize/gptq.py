@@ -27,7 +27,7 @@ class GPTQ:
 
     def __init__(self, in_features: int) -> None:
         # float32 accumulation (as the reference implementation); the factorization runs in float64.
-        self.hessian = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.hessian: torch.Tensor | None = torch.zeros(in_features, in_features, dtype=torch.float32)
         self.samples = 0
 
     def add_batch(self, inputs: torch.Tensor) -> None:
@@ -43,12 +43,18 @@ class GPTQ:
         """Upper Cholesky factor of H⁻¹, raising the damping ×10 each time the factorization fails."""
         mean_diagonal = torch.mean(torch.diag(hessian)).item()
         damp = damp_percent
+        # Each in×in float64 intermediate is dropped as soon as the next exists: for a wide layer
+        # (an MLP down projection) they are the largest allocations of the whole run.
         for _ in range(MAX_DAMP_TRIES):
-            damped = hessian + torch.eye(hessian.shape[0], dtype=hessian.dtype) * damp * mean_diagonal
+            damped = hessian.clone()
+            damped.diagonal().add_(damp * mean_diagonal)
             factor, info = torch.linalg.cholesky_ex(damped)
+            del damped
             if info.item() == 0:
                 inverse = torch.cholesky_inverse(factor)
+                del factor
                 upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+                del inverse
                 if info.item() == 0:
                     return upper, damp
             damp *= 10
@@ -68,6 +74,7 @@ class GPTQ:
         columns = w.shape[1]
         size = effective_group_size(columns, group_size)
         hessian = self.hessian.to(torch.float64)
+        self.hessian = None  # statistics are consumed once; the float64 copy replaces them
         dead = torch.diag(hessian) == 0
         hessian[dead, dead] = 1
         w[:, dead] = 0
@@ -76,6 +83,7 @@ class GPTQ:
         order = torch.argsort(torch.diag(hessian), descending=True) if act_order else torch.arange(columns)
         w, hessian = w[:, order], hessian[order][:, order]
         h_inv, damp = self._inverse_cholesky(hessian, damp_percent)
+        del hessian
         # The factorization needs float64; the column sweep does not, and runs twice as fast in float32.
         w, h_inv = w.float(), h_inv.float()
         static_scales, static_zeros = static_scales.float(), static_zeros.float()

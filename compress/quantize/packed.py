@@ -1,8 +1,8 @@
 """Packed artifacts (GPTQ and AWQ GEMM layouts): writing them, and loading them anywhere.
 
-Writing: transformers saves the model (config, dense tensors for everything not quantized), then
-each safetensors shard is rewritten with the quantized layers' `weight` replaced by their packed
-tensors, and `quantization_config` is added to config.json. Loading for evaluation: the model is
+Writing: block by block as quantization finishes each one (`PackedWriter`), the quantized layers'
+`weight` replaced by their packed tensors, then the untouched tensors outside the blocks and a
+config.json with `quantization_config`. Loading for evaluation: the model is
 built from its config without the quantization entry, the packed layers become `QuantLinear`s, and
 the stored tensors are loaded into them: no gptqmodel, no CUDA needed.
 """
@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from compress.modeling import ModelSource, find_decoder_blocks, load_config, resolve_device, resolve_dtype
+from compress.checkpoint import DEFAULT_SHARD_BYTES, CheckpointReader, ShardWriter
+from compress.modeling import (
+    DecoderLayout,
+    ModelSource,
+    find_decoder_blocks,
+    load_config,
+    resolve_device,
+    resolve_dtype,
+)
 from compress.quantize.calibrated import LayerResult
 from compress.quantize.config import QuantizeConfig
 from compress.quantize.packing import (
@@ -29,21 +38,33 @@ from compress.quantize.packing import (
     packed_shapes,
 )
 from compress.quantize.qlinear import quantized_module_names, replace_with_quant_linears
+from compress.quantize.rtn import effective_group_size
 
 FORMATS = {"gptq": "gptq-packed", "awq": "awq-gemm"}
 
 
-def packed_format(config: QuantizeConfig, results: list[LayerResult] | None = None) -> str:
+def layer_shapes(layout: DecoderLayout, config: QuantizeConfig) -> list[tuple[int, int, int]]:
+    """(in, out, effective group size) of every quantized layer, known before any quantization."""
+    return [
+        (
+            layer.in_features,
+            layer.out_features,
+            effective_group_size(layer.in_features, config.nominal_group_size),
+        )
+        for index in range(len(layout.blocks))
+        for layer in layout.linear_layers(index)
+    ]
+
+
+def packed_format(config: QuantizeConfig, shapes: list[tuple[int, int, int]]) -> str:
     """AWQ results go in AWQ's GEMM layout when it can hold them (4-bit, output widths a multiple
     of 8); otherwise, like every other packed result, in the GPTQ layout (valid for AWQ's integers:
     contiguous groups, zero points stored)."""
     if config.method != "awq" or config.bits != 4:
         return "gptq"
-    for result in results or []:
+    for in_features, out_features, group_size in shapes:
         try:
-            packed_shapes(
-                "awq", result.weight.in_features, result.weight.out_features, 4, result.weight.group_size
-            )
+            packed_shapes("awq", in_features, out_features, 4, group_size)
         except ValueError:
             return "gptq"
     return "awq"
@@ -53,18 +74,19 @@ def _dynamic_overrides(results: list[LayerResult], blocks_path: str, group_size:
     """gptqmodel-style per-layer group sizes where the width forced a smaller divisor."""
     overrides: dict[str, dict] = {}
     for result in results:
-        if result.weight.group_size == group_size:
+        if result.group_size == group_size:
             continue
         relative = result.name.removeprefix(f"{blocks_path}.").split(".", 1)[1]
         pattern = rf"+:^{re.escape(blocks_path)}\.\d+\.{re.escape(relative)}$"
-        overrides[pattern] = {"group_size": result.weight.group_size}
+        overrides[pattern] = {"group_size": result.group_size}
     return overrides
 
 
-def quantization_config_for(config: QuantizeConfig, results: list[LayerResult], blocks_path: str) -> dict:
-    fmt = packed_format(config, results)
+def quantization_config_for(
+    config: QuantizeConfig, fmt: str, results: list[LayerResult], blocks_path: str
+) -> dict:
     # The most common effective group size is the nominal one; layers that differ get an override.
-    nominal = Counter(r.weight.group_size for r in results).most_common(1)[0][0]
+    nominal = Counter(r.group_size for r in results).most_common(1)[0][0]
     if fmt == "awq":
         entry = awq_quantization_config(config.bits, nominal, zero_point=not config.symmetric)
     else:
@@ -78,41 +100,69 @@ def quantization_config_for(config: QuantizeConfig, results: list[LayerResult], 
     return entry
 
 
-def write_packed(
-    model: nn.Module, results: list[LayerResult], config: QuantizeConfig, directory: Path
-) -> dict:
-    """Save `model` with the layers in `results` packed; returns the `quantization_config` written."""
-    fmt = packed_format(config, results)
-    pack = pack_awq if fmt == "awq" else pack_gptq
-    by_name = {result.name: result for result in results}
-    model.save_pretrained(directory)
-    index_file = directory / "model.safetensors.index.json"
-    index = json.loads(index_file.read_text()) if index_file.is_file() else None
-    for shard in sorted(directory.glob("*.safetensors")):
-        tensors = load_file(shard)
-        for name in [
-            key.removesuffix(".weight") for key in tensors if key.removesuffix(".weight") in by_name
-        ]:
-            bias = tensors.get(f"{name}.bias")
-            del tensors[f"{name}.weight"]
-            for key, value in pack(by_name[name].weight).items():
-                tensors[f"{name}.{key}"] = value.contiguous()
-                if index is not None:
-                    index["weight_map"][f"{name}.{key}"] = shard.name
-            if index is not None:
-                index["weight_map"].pop(f"{name}.weight", None)
-            if bias is not None:
-                tensors[f"{name}.bias"] = bias.half()
-        save_file(tensors, shard, metadata={"format": "pt"})
-    if index is not None:
-        index_file.write_text(json.dumps(index, indent=2))
-    blocks_path, _ = find_decoder_blocks(model)
-    quantization = quantization_config_for(config, results, blocks_path)
-    config_file = directory / "config.json"
-    raw = json.loads(config_file.read_text())
-    raw["quantization_config"] = quantization
-    config_file.write_text(json.dumps(raw, indent=2) + "\n")
-    return quantization
+class PackedWriter:
+    """Writes a packed artifact block by block, as each block's quantization finishes.
+
+    A finished block's quantized linears become their packed tensors (biases in float16, as the
+    formats store them); its other tensors (norms, possibly AWQ-rescaled) go back in the dtype the
+    source checkpoint stored them in. Everything outside the blocks is copied from the source
+    checkpoint verbatim, since no method touches embeddings, the final norm or `lm_head`. Packed
+    integers are dropped from the `LayerResult`s once written, so memory does not grow per block.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        source: ModelSource,
+        model: nn.Module,
+        config: QuantizeConfig,
+        fmt: str,
+        max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    ) -> None:
+        self.directory = directory
+        self.source = source
+        self.config = config
+        self.fmt = fmt
+        self.blocks_path, _ = find_decoder_blocks(model)
+        self.reader = CheckpointReader(source.path, model.base_model_prefix)
+        self.shards = ShardWriter(directory, max_shard_bytes)
+        self._outside = [name for name in model.state_dict() if not name.startswith(f"{self.blocks_path}.")]
+
+    def _stored_dtype(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.reader.dtype(name)) if name in self.reader else tensor
+
+    def write_block(self, index: int, block: nn.Module, results: list[LayerResult]) -> None:
+        prefix = f"{self.blocks_path}.{index}."
+        pack = pack_awq if self.fmt == "awq" else pack_gptq
+        quantized = {r.name.removeprefix(prefix): r for r in results if r.name.startswith(prefix)}
+        for name, tensor in block.state_dict().items():
+            module, _, kind = name.rpartition(".")
+            if module in quantized and kind == "weight":
+                for key, value in pack(quantized[module].weight).items():
+                    self.shards.add(f"{prefix}{module}.{key}", value)
+                quantized[module].weight = None
+            elif module in quantized and kind == "bias":
+                self.shards.add(prefix + name, tensor.half())
+            else:
+                self.shards.add(prefix + name, self._stored_dtype(prefix + name, tensor))
+
+    def finish(self, results: list[LayerResult]) -> dict:
+        """Copy the tensors outside the blocks, name the shards, write the configs; returns the
+        `quantization_config` written."""
+        for name in self._outside:
+            if name in self.reader:  # tied `lm_head.weight` is not stored, as transformers saves it
+                self.shards.add(name, self.reader.get(name))
+        self.shards.finish()
+        quantization = quantization_config_for(self.config, self.fmt, results, self.blocks_path)
+        load_config(self.source).save_pretrained(self.directory)
+        config_file = self.directory / "config.json"
+        raw = json.loads(config_file.read_text())
+        raw["quantization_config"] = quantization
+        config_file.write_text(json.dumps(raw, indent=2) + "\n")
+        generation = self.source.path / "generation_config.json"
+        if generation.is_file():
+            shutil.copy2(generation, self.directory / generation.name)
+        return quantization
 
 
 def load_packed(source: ModelSource, device: str, dtype: str) -> nn.Module:

@@ -6,7 +6,6 @@ Making an artifact and running one are separate: this package makes them; loadin
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,26 +66,27 @@ def _reject_quantized(source: ModelSource, trust_remote_code: bool) -> None:
 
 @dataclass
 class _Produced:
-    """What a method family hands back: the transformed model and how to write it."""
+    """What a method family hands back once it has written its files into the staging directory."""
 
     model: nn.Module
     format: str
-    write: Callable[[Path], None]
     calibration: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _cast(
-    source: ModelSource, config: QuantizeConfig, trust_remote_code: bool, timer: PhaseTimer
+    source: ModelSource, config: QuantizeConfig, trust_remote_code: bool, timer: PhaseTimer, staging: Path
 ) -> _Produced:
     with timer.phase("load_and_cast"):
         loaded = load_model(source, CAST_DTYPES[config.method], config.device, trust_remote_code)
         check_finite(loaded, config.method)
-    return _Produced(loaded, FORMAT, lambda staging: save_model_files(loaded, source.path, staging))
+    with timer.phase("save"):
+        save_model_files(loaded, source.path, staging)
+    return _Produced(loaded, FORMAT)
 
 
 def _bnb(
-    source: ModelSource, config: QuantizeConfig, trust_remote_code: bool, timer: PhaseTimer
+    source: ModelSource, config: QuantizeConfig, trust_remote_code: bool, timer: PhaseTimer, staging: Path
 ) -> _Produced:
     from compress.quantize.bnb import BNB_FORMAT, load_bnb_quantized, save_bnb
 
@@ -95,15 +95,13 @@ def _bnb(
         loaded = load_bnb_quantized(
             source, config.method, config.double_quant, config.compute_dtype, config.device, trust_remote_code
         )
-
-    def write(staging: Path) -> None:
+    with timer.phase("save"):
         save_bnb(loaded, staging)
         copy_tokenizer_files(source.path, staging)
+    return _Produced(loaded, BNB_FORMAT[config.method])
 
-    return _Produced(loaded, BNB_FORMAT[config.method], write)
 
-
-def _calibration_windows(model: nn.Module, source: ModelSource, config: QuantizeConfig):
+def _calibration_windows(model: nn.Module, source: ModelSource, config: QuantizeConfig, streaming: bool):
     """`--calib`, else a well-known hub dataset online, else text sampled from the model itself."""
     from compress.quantize.datafree import DEFAULT_CALIBRATION, model_generated_windows
 
@@ -117,55 +115,91 @@ def _calibration_windows(model: nn.Module, source: ModelSource, config: Quantize
         console.notice(f"calibrating on {DEFAULT_CALIBRATION} (pass --calib to choose the text)")
         return windows
     except CompressError:
+        if streaming:
+            raise CompressError(
+                "no --calib and the hub is unreachable; data-free calibration samples from the whole "
+                "model, which --max-memory keeps on disk: pass --calib"
+            ) from None
         console.notice(
             "no --calib and the hub is unreachable: calibrating on text sampled from the model itself"
         )
         return model_generated_windows(model, config.calib_samples, seq_len, config.seed)
 
 
-def _packed(
-    source: ModelSource, config: QuantizeConfig, trust_remote_code: bool, timer: PhaseTimer
-) -> _Produced:
-    from compress.quantize.calibrated import check_group_size, quantize_gptq, quantize_rtn
-    from compress.quantize.packed import FORMATS, packed_format, write_packed
+def _check_memory_budget(streamed, config: QuantizeConfig, windows) -> None:
+    """One float32 block plus the calibration activations (a block's inputs and outputs) must fit."""
+    block = streamed.block_bytes()
+    activations = 0
+    if windows is not None:
+        hidden = streamed.model.config.get_text_config().hidden_size
+        activations = 2 * windows.input_ids.numel() * hidden * 4
+    if block + activations > config.max_memory_bytes:
+        raise CompressError(
+            f"--max-memory {config.max_memory} is below one block in float32 ({block / 1e6:.1f} MB) plus "
+            f"the calibration activations ({activations / 1e6:.1f} MB); raise it, or lower "
+            "--calib-samples or --seq-len"
+        )
 
+
+def _packed(
+    source: ModelSource, config: QuantizeConfig, trust_remote_code: bool, timer: PhaseTimer, staging: Path
+) -> _Produced:
+    """RTN, GPTQ and AWQ: each block is packed into the artifact as soon as it is quantized."""
+    from compress.calibrate import no_hook
+    from compress.checkpoint import DEFAULT_SHARD_BYTES
+    from compress.quantize.calibrated import check_group_size, quantize_gptq, quantize_rtn
+    from compress.quantize.packed import FORMATS, PackedWriter, layer_shapes, packed_format
+    from compress.streaming import StreamedModel
+
+    streamed = None
     with timer.phase("load"):
-        loaded = load_model(source, "float32", config.device, trust_remote_code)
-        check_finite(loaded, config.method)
-        layout = discover_layout(loaded)
+        if config.max_memory is None:
+            model = load_model(source, "float32", config.device, trust_remote_code)
+            check_finite(model, config.method)
+            layout = discover_layout(model)
+        else:
+            check_finite_files(source.path)
+            streamed = StreamedModel(source, resolve_device(config.device), trust_remote_code)
+            model, layout = streamed.model, streamed.layout
     check_group_size(layout, config)
     if config.method == "awq":
         from compress.quantize.awq import check_supported
 
-        check_supported(loaded.config.model_type)
-    calibration = None
-    if config.method == "rtn":
-        with timer.phase("quantize"):
-            results = quantize_rtn(layout, config)
-    else:
-        with timer.phase("calibration_data"):
-            windows = _calibration_windows(loaded, source, config)
-        calibration = windows.fingerprint.as_dict()
-        with timer.phase("quantize"):
-            if config.method == "gptq":
-                results = quantize_gptq(loaded, layout, windows.input_ids, config)
-            else:
-                from compress.quantize.awq import quantize_awq
-
-                results = quantize_awq(loaded, layout, windows.input_ids, config)
-
-    def write(staging: Path) -> None:
-        try:
-            write_packed(loaded, results, config, staging)
-        except ValueError as exc:
-            raise CompressError(f"cannot pack the {config.method} result: {exc}") from exc
-        copy_tokenizer_files(source.path, staging)
-
-    extra = {"layers": {r.name: {"group_size": r.weight.group_size, **r.stats} for r in results}}
-    fmt = packed_format(config, results)
+        check_supported(model.config.model_type)
+    fmt = packed_format(config, layer_shapes(layout, config))
     if config.method == "awq" and fmt != "awq":
         console.notice("the AWQ GEMM layout cannot hold these layer widths; writing the GPTQ layout instead")
-    return _Produced(loaded, FORMATS[fmt], write, calibration, extra)
+    windows = None
+    if config.method != "rtn":
+        with timer.phase("calibration_data"):
+            windows = _calibration_windows(model, source, config, streaming=streamed is not None)
+    shard_bytes = DEFAULT_SHARD_BYTES
+    if streamed is not None:
+        _check_memory_budget(streamed, config, windows)
+        shard_bytes = min(shard_bytes, max(config.max_memory_bytes // 8, 1))
+    writer = PackedWriter(staging, source, model, config, fmt, shard_bytes)
+
+    def block_done(index: int, block: nn.Module, results: list) -> None:
+        writer.write_block(index, block, results)
+        if streamed is not None:
+            streamed.release_block(index, block)
+
+    hooks = {"before_block": streamed.load_block if streamed else no_hook, "block_done": block_done}
+    with timer.phase("quantize"):
+        if config.method == "rtn":
+            results = quantize_rtn(layout, config, **hooks)
+        elif config.method == "gptq":
+            results = quantize_gptq(model, layout, windows.input_ids, config, **hooks)
+        else:
+            from compress.quantize.awq import quantize_awq
+
+            results = quantize_awq(model, layout, windows.input_ids, config, **hooks)
+    with timer.phase("save"):
+        writer.finish(results)
+        copy_tokenizer_files(source.path, staging)
+    extra = {"layers": {r.name: {"group_size": r.group_size, **r.stats} for r in results}}
+    calibration = windows.fingerprint.as_dict() if windows is not None else None
+    return _Produced(model, FORMATS[fmt], calibration, extra)
 
 
 def quantize(
@@ -193,16 +227,15 @@ def quantize(
 
     timer = PhaseTimer()
     if config.method in CAST_DTYPES:
-        produced = _cast(source, config, trust_remote_code, timer)
+        produce = _cast
     elif config.method in PACKED_METHODS:
-        produced = _packed(source, config, trust_remote_code, timer)
+        produce = _packed
     else:
-        produced = _bnb(source, config, trust_remote_code, timer)
-    # The source's own count: packed and bitsandbytes tensors hide how many weights they stand for.
-    parameters = weight_statistics(source.path)["parameters"] or count_parameters(produced.model)
+        produce = _bnb
     with staged_directory(out_path, force) as staging:
-        with timer.phase("save"):
-            produced.write(staging)
+        produced = produce(source, config, trust_remote_code, timer, staging)
+        # The source's own count: packed and bitsandbytes tensors hide how many weights they stand for.
+        parameters = weight_statistics(source.path)["parameters"] or count_parameters(produced.model)
         manifest = Manifest(
             command=command or api_call("quantize", model, out_path, **config.model_dump()),
             lineage=lineage_for(source),

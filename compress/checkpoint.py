@@ -1,0 +1,149 @@
+"""Safetensors checkpoints read one tensor at a time and written shard by shard.
+
+Streaming a model larger than memory needs both halves: a reader that memory-maps the source and
+hands out single tensors (never the whole state dict), and a writer that flushes finished tensors
+to numbered shards as soon as they reach a size limit, then writes the index that `transformers`
+expects. Whole-model paths use the same two classes, so there is one way to write an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from compress.errors import CompressError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class CheckpointReader:
+    """The tensors of a local safetensors checkpoint (single file or sharded), by name, lazily.
+
+    Names are the model's state-dict names; checkpoints saved from the base model (GPT-2's hub
+    files say `h.0.attn…` for `transformer.h.0.attn…`) are matched without the base-model prefix,
+    as `from_pretrained` does.
+    """
+
+    def __init__(self, directory: Path, base_model_prefix: str = "") -> None:
+        self.directory = Path(directory)
+        self.base_model_prefix = base_model_prefix
+        self._file_of: dict[str, str] = {}
+        for file in sorted(self.directory.glob("*.safetensors")):
+            with safe_open(file, framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open handles are not mappings
+                    self._file_of[key] = file.name
+        if not self._file_of:
+            raise CompressError(f"no safetensors weights in {self.directory}")
+
+    def _stored_name(self, name: str) -> str | None:
+        if name in self._file_of:
+            return name
+        prefix = f"{self.base_model_prefix}."
+        if self.base_model_prefix and name.startswith(prefix) and name.removeprefix(prefix) in self._file_of:
+            return name.removeprefix(prefix)
+        return None
+
+    def names(self) -> list[str]:
+        """Every stored tensor name, as the checkpoint spells it."""
+        return list(self._file_of)
+
+    def __contains__(self, name: str) -> bool:
+        return self._stored_name(name) is not None
+
+    def _require(self, name: str) -> str:
+        stored = self._stored_name(name)
+        if stored is None:
+            raise CompressError(f"tensor '{name}' is not in the checkpoint {self.directory}")
+        return stored
+
+    def get(self, name: str) -> torch.Tensor:
+        """A private copy of one tensor.
+
+        The file is mapped only for the copy: a tensor left backed by the mapping would keep it
+        open, and pages written through it (in-place quantization) would stay resident until the
+        mapping closed, so memory would grow block after block.
+        """
+        stored = self._require(name)
+        with safe_open(self.directory / self._file_of[stored], framework="pt") as handle:
+            return handle.get_tensor(stored).clone()
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype, read from the header without loading the tensor."""
+        stored = self._require(name)
+        with safe_open(self.directory / self._file_of[stored], framework="pt") as handle:
+            return SAFETENSORS_DTYPES[handle.get_slice(stored).get_dtype()]
+
+
+class ShardWriter:
+    """Collect tensors and write them as `model-XXXXX-of-YYYYY.safetensors` shards plus an index.
+
+    A shard is flushed as soon as it holds `max_shard_bytes`, so at most one shard's worth of
+    output is ever held in memory. One shard in all is written as plain `model.safetensors`.
+    """
+
+    def __init__(self, directory: Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+        self.directory = Path(directory)
+        self.max_shard_bytes = max_shard_bytes
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._written: list[tuple[Path, list[str]]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self._pending or any(name in names for _, names in self._written):
+            raise RuntimeError(f"internal error: tensor '{name}' written twice")
+        size = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + size > self.max_shard_bytes:
+            self.flush()
+        self._pending[name] = tensor.detach().to("cpu").contiguous()
+        self._pending_bytes += size
+        self.total_bytes += size
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        path = self.directory / f".shard-{len(self._written):05d}.safetensors"
+        save_file(self._pending, path, metadata={"format": "pt"})
+        self._written.append((path, list(self._pending)))
+        self._pending, self._pending_bytes = {}, 0
+
+    def finish(self) -> list[Path]:
+        """Name the shards by their final count and write the index; returns the shard paths."""
+        self.flush()
+        count = len(self._written)
+        names = (
+            [SINGLE_NAME]
+            if count == 1
+            else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        )
+        weight_map: dict[str, str] = {}
+        final = []
+        for (path, tensors), name in zip(self._written, names, strict=True):
+            path.rename(self.directory / name)
+            final.append(self.directory / name)
+            weight_map.update(dict.fromkeys(tensors, name))
+        if count > 1:
+            index = {
+                "metadata": {"total_size": self.total_bytes},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
+            (self.directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        return final

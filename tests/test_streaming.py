@@ -1,0 +1,79 @@
+"""`--max-memory`: blocks streamed from disk give the very artifact the in-memory path gives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import assert_one_line_error
+from safetensors.torch import load_file
+
+import compress
+from compress.modeling import resolve_model
+from compress.quantize.packed import load_packed
+
+CALIBRATION = "builtin:python-stdlib:train"
+
+
+def _tensors(artifact) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(artifact.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    return tensors
+
+
+def _assert_same_tensors(a, b) -> None:
+    first, second = _tensors(a), _tensors(b)
+    assert first.keys() == second.keys()
+    for name, tensor in first.items():
+        assert torch.equal(tensor, second[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_streamed_calibration_matches_in_memory(demo, tmp_path, method):
+    options = dict(method=method, bits=4, calib=CALIBRATION, calib_samples=8, seq_len=64, device="cpu")
+    in_memory = compress.quantize(demo[0], tmp_path / "memory", **options)
+    streamed = compress.quantize(demo[0], tmp_path / "streamed", max_memory="3MB", **options)
+    _assert_same_tensors(in_memory, streamed)
+    # A small budget means small shards: several files and the index transformers reads.
+    index = json.loads((streamed / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == len(list(streamed.glob("*.safetensors"))) > 1
+    assert json.loads((streamed / "compress.json").read_text())["parameters"]["max_memory"] == "3MB"
+    ids = torch.arange(32).unsqueeze(0)
+    with torch.inference_mode():
+        logits = [
+            load_packed(resolve_model(p), "cpu", "float32")(input_ids=ids).logits
+            for p in (in_memory, streamed)
+        ]
+    assert torch.equal(logits[0], logits[1])
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_streamed_rtn_matches_in_memory(tiny_model_dir, tmp_path, architecture):
+    source = tiny_model_dir(architecture)
+    options = dict(method="rtn", bits=4, group_size=16, device="cpu")
+    in_memory = compress.quantize(source, tmp_path / "memory", **options)
+    streamed = compress.quantize(source, tmp_path / "streamed", max_memory="1MB", **options)
+    _assert_same_tensors(in_memory, streamed)
+
+
+def test_max_memory_errors(run_cli, tiny_model_dir, tmp_path):
+    source = tiny_model_dir("llama")
+    code, _, err = run_cli(
+        "quantize", source, "--method", "int8", "--max-memory", "1GB", "-o", tmp_path / "a"
+    )
+    assert_one_line_error(code, err, "--max-memory", "int8")
+    code, _, err = run_cli(
+        "quantize", source, "--method", "rtn", "--max-memory", "lots", "-o", tmp_path / "b"
+    )
+    assert_one_line_error(code, err, "not a size")
+    code, _, err = run_cli(
+        "quantize", source, "--method", "rtn", "--max-memory", "1000", "-o", tmp_path / "c"
+    )
+    assert_one_line_error(code, err, "below one block")
+    # Offline with no --calib, data-free calibration would need the whole model in memory.
+    code, _, err = run_cli("quantize", source, "--bits", "4", "--max-memory", "1GB", "-o", tmp_path / "d")
+    assert_one_line_error(code, err, "--calib")
+    assert not any(tmp_path.iterdir())
