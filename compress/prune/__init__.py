@@ -1,0 +1,1 @@
+"""Structured pruning: a smaller dense model with a standard, uniform config."""
