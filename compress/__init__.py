@@ -20,6 +20,8 @@ from compress.version import __version__
 _LAZY = {
     "quantize": ("compress.quantize", None),  # a callable package: see callable_module.py
     "QuantizeConfig": ("compress.quantize.config", "QuantizeConfig"),
+    "prune": ("compress.prune", None),  # a callable package too
+    "PruneConfig": ("compress.prune.plan", "PruneConfig"),
     "inspect": ("compress.artifact", "describe"),
     "read_manifest": ("compress.artifact", "read_manifest"),
     "resolve_model": ("compress.modeling", "resolve_model"),

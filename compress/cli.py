@@ -330,6 +330,115 @@ def data(
     )
 
 
+class WidthImportance(str, Enum):
+    activation = "activation"
+    magnitude = "magnitude"
+    taylor = "taylor"
+    random = "random"
+
+
+class DepthImportance(str, Enum):
+    influence = "influence"
+    loss = "loss"
+    random = "random"
+
+
+class HeadGrouping(str, Enum):
+    auto = "auto"
+    groups = "groups"
+    per_group = "per-group"
+
+
+@app.command(
+    epilog="Examples:\n\n  compress prune ./my-model --heads 0.25 --mlp 0.3 --layers 2\n\n"
+    "  compress prune ./my-model --mlp-size 4096 --layers-keep 20 --dry-run\n\n"
+    "  compress prune ./my-model --hidden 0.2 --importance taylor --calib data.jsonl:text"
+)
+def prune(
+    model: str = typer.Argument(..., help="A model directory, a hub id, or a compress artifact."),
+    heads: float | None = typer.Option(None, "--heads", help="Fraction of query heads to remove."),
+    heads_keep: int | None = typer.Option(None, "--heads-keep", help="Query heads to keep per layer."),
+    head_grouping: HeadGrouping = typer.Option(
+        HeadGrouping.auto,
+        "--head-grouping",
+        help="GQA: remove whole KV groups, the same number from every group, or whichever fits.",
+    ),
+    mlp: float | None = typer.Option(None, "--mlp", help="Fraction of MLP channels to remove."),
+    mlp_size: int | None = typer.Option(None, "--mlp-size", help="MLP channels to keep per layer."),
+    hidden: float | None = typer.Option(None, "--hidden", help="Fraction of hidden channels to remove."),
+    hidden_size: int | None = typer.Option(None, "--hidden-size", help="Hidden size to keep."),
+    layers: int | None = typer.Option(None, "--layers", help="Number of decoder blocks to remove."),
+    layers_keep: int | None = typer.Option(None, "--layers-keep", help="Decoder blocks to keep."),
+    importance: WidthImportance = typer.Option(
+        WidthImportance.activation, "--importance", help="How heads, channels and neurons are ranked."
+    ),
+    layer_importance: DepthImportance = typer.Option(
+        DepthImportance.influence, "--layer-importance", help="How blocks are ranked."
+    ),
+    calib: str | None = typer.Option(
+        None, "--calib", help="Calibration text for importance (any data source)."
+    ),
+    calib_samples: int = typer.Option(64, "--calib-samples", help="Calibration windows."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Calibration window length."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed (and the random baseline's)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, …"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan and parameter counts; write nothing."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output directory (default: compressed/<model>-pruned)."
+    ),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace --out if it exists."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run the model repo's own code."
+    ),
+) -> None:
+    """Structured pruning: remove heads, MLP channels, hidden channels or blocks; a smaller dense model."""
+    from compress.render import prune_plan_view, prune_report_view
+
+    options = dict(
+        heads=heads,
+        heads_keep=heads_keep,
+        head_grouping=head_grouping.value,
+        mlp=mlp,
+        mlp_size=mlp_size,
+        hidden=hidden,
+        hidden_size=hidden_size,
+        layers=layers,
+        layers_keep=layers_keep,
+        importance=importance.value,
+        layer_importance=layer_importance.value,
+        calib=calib,
+        calib_samples=calib_samples,
+        seq_len=seq_len,
+        seed=seed,
+        device=device,
+    )
+    if dry_run:
+        from compress.prune.runner import plan
+
+        planned = plan(model, trust_remote_code, **options)
+        if console.mode.json:
+            _emit_json(planned)
+        else:
+            console.stdout.print(prune_plan_view(planned))
+        return
+    from compress.artifact import read_manifest
+    from compress.prune.runner import prune as run_prune
+
+    path = run_prune(
+        model, out, force=force, trust_remote_code=trust_remote_code, command=_command(), **options
+    )
+    report = read_manifest(path).extra["pruning"]
+    if console.mode.json:
+        _emit_json({"artifact": str(path), **report})
+    elif not console.mode.quiet:
+        console.stdout.print(prune_report_view(report))
+        console.stdout.print(f"[green]wrote[/green] {path}")
+    else:
+        console.stdout.print(str(path))
+
+
 @app.command(epilog="Examples:\n\n  compress demo\n\n  compress demo --fast --out /tmp/demo")
 def demo(
     fast: bool = typer.Option(False, "--fast", help="A smaller, quicker demo model (what the tests use)."),

@@ -166,6 +166,20 @@ def load_config(source: ModelSource, trust_remote_code: bool = False):
         raise CompressError(f"cannot read the config of '{source.reference}': {exc}") from exc
 
 
+def reject_quantized(source: ModelSource, trust_remote_code: bool = False) -> None:
+    """Techniques start from the original weights: re-compressing an already quantized model would
+    compound the errors and mostly cannot be read back into float weights anyway."""
+    config = load_config(source, trust_remote_code)
+    existing = getattr(config, "quantization_config", None)
+    if existing:
+        kind = (
+            existing.get("quant_method", "unknown") if isinstance(existing, dict) else type(existing).__name__
+        )
+        raise CompressError(
+            f"'{source.reference}' is already quantized ({kind}); start from the original model instead"
+        )
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """`auto` is CUDA when present, else the CPU; anything else must be a device torch knows."""
     if device == "auto":

@@ -103,3 +103,69 @@ def inspect_view(info: dict[str, Any]) -> Group:
             )
         parts.append(phases)
     return Group(*parts)
+
+
+_SIZE_ROWS = (
+    ("num_layers", "layers"),
+    ("hidden_size", "hidden size"),
+    ("num_heads", "query heads"),
+    ("num_kv_heads", "KV heads"),
+    ("head_dim", "head dim"),
+    ("intermediate_size", "MLP channels"),
+)
+
+
+def _sizes_table(title: str, before: dict, after: dict, parameters: tuple[int, int]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("", "before", "after"):
+        table.add_column(column, justify="left" if not column else "right")
+    for key, label in _SIZE_ROWS:
+        changed = before[key] != after[key]
+        table.add_row(label, str(before[key]), f"[bold]{after[key]}[/bold]" if changed else str(after[key]))
+    old, new = parameters
+    table.add_row("parameters", format_count(old), f"[bold]{format_count(new)}[/bold] ({new / old:.1%})")
+    return table
+
+
+def prune_plan_view(plan: dict[str, Any]) -> Table:
+    """`compress prune --dry-run`: the sizes the plan leads to and the parameter count."""
+    return _sizes_table(
+        f"prune plan · importance {plan['importance']} · blocks {plan['layer_importance']}",
+        plan["before"],
+        plan["after"],
+        (plan["parameters_before"], plan["parameters_after"]),
+    )
+
+
+def _where(dimension: str, removed: Any) -> str:
+    """A one-line account of which units went: blocks by index, per-layer counts otherwise."""
+    if dimension == "layers":
+        return f"blocks {', '.join(str(i) for i in removed)}"
+    if dimension == "hidden":
+        return f"{len(removed)} channels"
+    counts = {len(units) for units in removed.values()}
+    unit = "heads" if dimension == "heads" else "channels"
+    return f"{counts.pop() if len(counts) == 1 else '?'} {unit} in each of {len(removed)} layers"
+
+
+def prune_report_view(report: dict[str, Any]) -> Group:
+    """What pruning did: sizes, parameters, what went where, and how importance separated it."""
+    sizes = _sizes_table(
+        "pruned", report["before"], report["after"], (report["parameters_before"], report["parameters_after"])
+    )
+    removed = Table(title="removed", title_justify="left")
+    for column in ("dimension", "where", "score kept (mean)", "score removed (mean)"):
+        removed.add_column(column)
+    for dimension, what in report["removed"].items():
+        summary = report["importance"].get(dimension)
+        if dimension == "layers":
+            scores = summary or []
+            kept = [s for i, s in enumerate(scores) if i not in what]
+            gone = [scores[i] for i in what]
+            means = [sum(v) / len(v) if v else None for v in (kept, gone)]
+        else:
+            means = [summary.get("kept_mean"), summary.get("removed_mean")]
+        removed.add_row(
+            dimension, _where(dimension, what), *(f"{m:.4g}" if m is not None else "-" for m in means)
+        )
+    return Group(sizes, removed)

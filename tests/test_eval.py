@@ -159,11 +159,11 @@ def test_unchanged_artifact_is_not_re_evaluated(run_cli, demo, fp16_artifact, tm
 
 def test_failing_gate_exits_1_and_is_named(run_cli, demo, fp16_artifact, tmp_path):
     code, out, _ = run_cli(
-        "-q", "eval", fp16_artifact, "--baseline", demo[0], *FAST_ARGS, "--gate", "same_top1>=1.0",
+        "-q", "eval", fp16_artifact, "--baseline", demo[0], *FAST_ARGS, "--gate", "ppl<=1.0",
         "--junit", tmp_path / "j.xml",
     )  # fmt: skip
     assert code == 1
-    assert "FAIL: same_top1>=1.0" in out
+    assert "FAIL: ppl<=1.0" in out
     junit = ElementTree.fromstring((tmp_path / "j.xml").read_text())
     assert junit.get("failures") == "1" and junit.find(".//failure") is not None
 

@@ -242,10 +242,13 @@ def _keep_layers(config, kept: list[int]) -> None:
 
 def _validated(config):
     """Round-trip through the config class, so a config its own checks reject never reaches a model."""
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
     try:
         type(config).from_dict(config.to_dict())
-    except (ValueError, TypeError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (ValueError, TypeError, KeyError, StrictDataclassClassValidationError) as exc:
+        # Strict-dataclass errors name the validator first and the reason on the last line.
+        reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
         raise CompressError(f"the pruned {config.model_type} config is not valid: {reason}") from exc
     return config
 

@@ -27,15 +27,14 @@ from compress.artifact import (
     write_manifest,
     write_model_card,
 )
-from compress.data import sample_windows
+from compress.calibration_text import calibration_windows
 from compress.errors import CompressError
 from compress.modeling import (
     ModelSource,
     count_parameters,
     discover_layout,
-    load_config,
     load_model,
-    load_tokenizer,
+    reject_quantized,
     resolve_device,
     resolve_model,
 )
@@ -50,18 +49,6 @@ def default_output(source: ModelSource, method: str) -> Path:
     """`./compressed/<model>-<method>`, the SPEC's default `--out`."""
     name = Path(source.reference.rstrip("/")).name or "model"
     return Path("compressed") / f"{name}-{method}"
-
-
-def _reject_quantized(source: ModelSource, trust_remote_code: bool) -> None:
-    config = load_config(source, trust_remote_code)
-    existing = getattr(config, "quantization_config", None)
-    if existing:
-        kind = (
-            existing.get("quant_method", "unknown") if isinstance(existing, dict) else type(existing).__name__
-        )
-        raise CompressError(
-            f"'{source.reference}' is already quantized ({kind}); quantize the original model instead"
-        )
 
 
 @dataclass
@@ -99,31 +86,6 @@ def _bnb(
         save_bnb(loaded, staging)
         copy_tokenizer_files(source.path, staging)
     return _Produced(loaded, BNB_FORMAT[config.method])
-
-
-def _calibration_windows(model: nn.Module, source: ModelSource, config: QuantizeConfig, streaming: bool):
-    """`--calib`, else a well-known hub dataset online, else text sampled from the model itself."""
-    from compress.quantize.datafree import DEFAULT_CALIBRATION, model_generated_windows
-
-    tokenizer = load_tokenizer(source)
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or config.seq_len
-    seq_len = min(config.seq_len, limit)
-    if config.calib:
-        return sample_windows(tokenizer, config.calib, config.calib_samples, seq_len, config.seed)
-    try:
-        windows = sample_windows(tokenizer, DEFAULT_CALIBRATION, config.calib_samples, seq_len, config.seed)
-        console.notice(f"calibrating on {DEFAULT_CALIBRATION} (pass --calib to choose the text)")
-        return windows
-    except CompressError:
-        if streaming:
-            raise CompressError(
-                "no --calib and the hub is unreachable; data-free calibration samples from the whole "
-                "model, which --max-memory keeps on disk: pass --calib"
-            ) from None
-        console.notice(
-            "no --calib and the hub is unreachable: calibrating on text sampled from the model itself"
-        )
-        return model_generated_windows(model, config.calib_samples, seq_len, config.seed)
 
 
 def _check_memory_budget(streamed, config: QuantizeConfig, windows) -> None:
@@ -172,7 +134,15 @@ def _packed(
     windows = None
     if config.method != "rtn":
         with timer.phase("calibration_data"):
-            windows = _calibration_windows(model, source, config, streaming=streamed is not None)
+            windows = calibration_windows(
+                model,
+                source,
+                config.calib,
+                config.calib_samples,
+                config.seq_len,
+                config.seed,
+                streamed is not None,
+            )
     shard_bytes = DEFAULT_SHARD_BYTES
     if streamed is not None:
         _check_memory_budget(streamed, config, windows)
@@ -223,7 +193,7 @@ def quantize(
     source = resolve_model(model)
     out_path = Path(out) if out is not None else default_output(source, config.method)
     check_output_path(out_path, force, inputs=(source.path,))
-    _reject_quantized(source, trust_remote_code)
+    reject_quantized(source, trust_remote_code)
 
     timer = PhaseTimer()
     if config.method in CAST_DTYPES:

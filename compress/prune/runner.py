@@ -1,0 +1,225 @@
+"""Prune a model into a smaller dense artifact: plan, score, cut, save, report.
+
+The plan (target sizes and the parameter count they give) is computed from the config alone, so
+`--dry-run` costs nothing. Importance is scored on the unpruned model, all dimensions at once (as
+Minitron does), then heads, MLP channels and hidden channels are cut and blocks removed. The result
+is saved in the source checkpoint's dtype as a plain `transformers` model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from compress.artifact import (
+    Manifest,
+    api_call,
+    check_output_path,
+    device_description,
+    library_versions,
+    lineage_for,
+    save_model_files,
+    staged_directory,
+    write_manifest,
+    write_model_card,
+)
+from compress.calibration_text import calibration_windows
+from compress.errors import CompressError
+from compress.modeling import (
+    ModelSource,
+    count_parameters,
+    load_config,
+    load_model,
+    reject_quantized,
+    resolve_device,
+    resolve_model,
+)
+from compress.prune.geometry import config_geometry, geometry, predict_parameter_count, pruned_config
+from compress.prune.importance import Scores, depth_scores, width_scores
+from compress.prune.plan import (
+    PruneConfig,
+    Sizes,
+    kept_heads,
+    kept_per_layer,
+    plan_sizes,
+    removed_layers,
+    summarize,
+    top_indices,
+)
+from compress.prune.surgery import (
+    prune_attention_heads,
+    prune_hidden_channels,
+    prune_mlp_channels,
+    remove_blocks,
+)
+from compress.telemetry import PhaseTimer
+
+FORMAT = "dense-safetensors"
+
+
+def _config(options: dict[str, Any]) -> PruneConfig:
+    try:
+        return PruneConfig(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CompressError(str(first.get("msg", exc)).removeprefix("Value error, ")) from exc
+
+
+def default_output(source: ModelSource) -> Path:
+    name = Path(source.reference.rstrip("/")).name or "model"
+    return Path("compressed") / f"{name}-pruned"
+
+
+def plan(model: str | Path, trust_remote_code: bool = False, **options: Any) -> dict[str, Any]:
+    """The sizes before and after and the parameter counts, from the config alone (`--dry-run`)."""
+    config = _config(options)
+    source = resolve_model(model)
+    model_config = load_config(source, trust_remote_code)
+    sizes = plan_sizes(config, model_config)
+    after = pruned_config(model_config, **asdict(sizes))
+    return {
+        "model": source.reference,
+        "before": asdict(config_geometry(model_config)),
+        "after": asdict(config_geometry(after)),
+        "parameters_before": predict_parameter_count(model_config),
+        "parameters_after": predict_parameter_count(after),
+        "importance": config.importance,
+        "layer_importance": config.layer_importance,
+    }
+
+
+def _scores(model: torch.nn.Module, config: PruneConfig, sizes: Sizes, ids: torch.Tensor | None) -> Scores:
+    """Every score the plan needs; activation statistics and block influence share one pass."""
+    need = sizes.width
+    one_pass = config.importance == "activation" and config.layer_importance == "influence"
+    if sizes.num_layers is not None and one_pass:
+        need = need | {"layers"}
+    scores = width_scores(model, config.importance, ids, need, config.seed)
+    if sizes.num_layers is not None and scores.layers is None:
+        scores.layers = depth_scores(model, config.layer_importance, ids, config.seed)
+    return scores
+
+
+def _cut(model: torch.nn.Module, sizes: Sizes, scores: Scores) -> dict[str, Any]:
+    """Apply the plan in place; returns what was removed where, with the importance summaries."""
+    g = geometry(model)
+    report: dict[str, Any] = {"removed": {}, "importance": {}}
+    if sizes.num_heads is not None:
+        keep = kept_heads(scores.heads, g, sizes.num_heads, sizes.num_kv_heads)
+        prune_attention_heads(model, keep)
+        report["removed"]["heads"] = {
+            str(layer): sorted(set(range(g.num_heads)) - set(kept)) for layer, kept in keep.items()
+        }
+        report["importance"]["heads"] = summarize(scores.heads, _mask(scores.heads.shape, keep))
+    if sizes.intermediate_size is not None:
+        keep = kept_per_layer(scores.mlp, sizes.intermediate_size)
+        prune_mlp_channels(model, keep)
+        report["removed"]["mlp"] = {
+            str(layer): sorted(set(range(g.intermediate_size)) - set(kept)) for layer, kept in keep.items()
+        }
+        report["importance"]["mlp"] = summarize(scores.mlp, _mask(scores.mlp.shape, keep))
+    if sizes.hidden_size is not None:
+        keep_channels = top_indices(scores.hidden, sizes.hidden_size)
+        prune_hidden_channels(model, keep_channels)
+        report["removed"]["hidden"] = sorted(set(range(g.hidden_size)) - set(keep_channels))
+        report["importance"]["hidden"] = summarize(
+            scores.hidden, _mask((1, g.hidden_size), {0: keep_channels})
+        )
+    if sizes.num_layers is not None:
+        remove = removed_layers(scores.layers, sizes.num_layers)
+        remove_blocks(model, remove)
+        report["removed"]["layers"] = remove
+        report["importance"]["layers"] = [round(value, 6) for value in scores.layers.tolist()]
+    return report
+
+
+def _mask(shape: tuple[int, ...], keep: dict[int, list[int]]) -> torch.Tensor:
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for row, kept in keep.items():
+        mask[row, kept] = True
+    return mask
+
+
+def _stored_dtype(model_config) -> torch.dtype:
+    dtype = getattr(model_config, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def prune(
+    model: str | Path,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    trust_remote_code: bool = False,
+    command: str | None = None,
+    **options: Any,
+) -> Path:
+    """Prune `model` and write an artifact; returns its path. The report (sizes, what was removed
+    where, importance summaries) is the manifest's `extra["pruning"]`.
+
+    `options` are the `PruneConfig` fields (heads, mlp, hidden, layers, importance, calib, …).
+    """
+    config = _config(options)
+    target_device = resolve_device(config.device)
+    source = resolve_model(model)
+    out_path = Path(out) if out is not None else default_output(source)
+    check_output_path(out_path, force, inputs=(source.path,))
+    reject_quantized(source, trust_remote_code)
+    model_config = load_config(source, trust_remote_code)
+    sizes = plan_sizes(config, model_config)
+    predicted = predict_parameter_count(pruned_config(model_config, **asdict(sizes)))
+
+    timer = PhaseTimer()
+    with timer.phase("load"):
+        loaded = load_model(source, "float32", config.device, trust_remote_code)
+    before = count_parameters(loaded)
+    windows = None
+    if config.needs_data:
+        with timer.phase("calibration_data"):
+            windows = calibration_windows(
+                loaded, source, config.calib, config.calib_samples, config.seq_len, config.seed
+            )
+    with timer.phase("importance"):
+        scores = _scores(loaded, config, sizes, windows.input_ids if windows is not None else None)
+    with timer.phase("prune"):
+        report = _cut(loaded, sizes, scores)
+    after = count_parameters(loaded)
+    if after != predicted:
+        raise RuntimeError(f"internal error: pruned to {after} parameters, the plan predicted {predicted}")
+    report = {
+        "before": asdict(config_geometry(model_config)),
+        "after": asdict(geometry(loaded)),
+        "parameters_before": before,
+        "parameters_after": after,
+        **report,
+    }
+    loaded.to(_stored_dtype(model_config))
+    with staged_directory(out_path, force) as staging:
+        with timer.phase("save"):
+            save_model_files(loaded, source.path, staging)
+        manifest = Manifest(
+            command=command or api_call("prune", model, out_path, **config.model_dump()),
+            lineage=lineage_for(source),
+            method="prune",
+            parameters=config.model_dump(),
+            format=FORMAT,
+            calibration=windows.fingerprint.as_dict() if windows is not None else None,
+            seed=config.seed,
+            model={
+                "architecture": type(loaded).__name__,
+                "model_type": loaded.config.model_type,
+                "parameters": after,
+                "dtype": str(_stored_dtype(model_config)).removeprefix("torch."),
+            },
+            phases=timer.as_dicts(),
+            libraries=library_versions(),
+            device=device_description(target_device),
+            extra={"pruning": report},
+        )
+        write_manifest(staging, manifest)
+        write_model_card(staging, manifest)
+    return out_path
