@@ -111,16 +111,12 @@ def _cut(model: torch.nn.Module, sizes: Sizes, scores: Scores) -> dict[str, Any]
     if sizes.num_heads is not None:
         keep = kept_heads(scores.heads, g, sizes.num_heads, sizes.num_kv_heads)
         prune_attention_heads(model, keep)
-        report["removed"]["heads"] = {
-            str(layer): sorted(set(range(g.num_heads)) - set(kept)) for layer, kept in keep.items()
-        }
+        report["removed"]["heads"] = _complement(keep, g.num_heads)
         report["importance"]["heads"] = summarize(scores.heads, _mask(scores.heads.shape, keep))
     if sizes.intermediate_size is not None:
         keep = kept_per_layer(scores.mlp, sizes.intermediate_size)
         prune_mlp_channels(model, keep)
-        report["removed"]["mlp"] = {
-            str(layer): sorted(set(range(g.intermediate_size)) - set(kept)) for layer, kept in keep.items()
-        }
+        report["removed"]["mlp"] = _complement(keep, g.intermediate_size)
         report["importance"]["mlp"] = summarize(scores.mlp, _mask(scores.mlp.shape, keep))
     if sizes.hidden_size is not None:
         keep_channels = top_indices(scores.hidden, sizes.hidden_size)
@@ -135,6 +131,11 @@ def _cut(model: torch.nn.Module, sizes: Sizes, scores: Scores) -> dict[str, Any]
         report["removed"]["layers"] = remove
         report["importance"]["layers"] = [round(value, 6) for value in scores.layers.tolist()]
     return report
+
+
+def _complement(keep: dict[int, list[int]], total: int) -> dict[str, list[int]]:
+    """Per layer, the units that were not kept (the report's "what was removed where")."""
+    return {str(layer): sorted(set(range(total)) - set(kept)) for layer, kept in keep.items()}
 
 
 def _mask(shape: tuple[int, ...], keep: dict[int, list[int]]) -> torch.Tensor:
