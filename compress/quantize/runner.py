@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -41,6 +41,10 @@ from compress.modeling import (
 from compress.quantize.cast import CAST_DTYPES, FORMAT, check_finite, check_finite_files
 from compress.quantize.config import PACKED_METHODS, QuantizeConfig
 from compress.telemetry import PhaseTimer
+
+if TYPE_CHECKING:
+    from compress.data import TokenWindows
+    from compress.streaming import StreamedModel
 
 __all__ = ["QuantizeConfig", "default_output", "quantize"]
 
@@ -88,7 +92,9 @@ def _bnb(
     return _Produced(loaded, BNB_FORMAT[config.method])
 
 
-def _check_memory_budget(streamed, config: QuantizeConfig, windows) -> None:
+def _check_memory_budget(
+    streamed: StreamedModel, config: QuantizeConfig, windows: TokenWindows | None
+) -> None:
     """One float32 block plus the calibration activations (a block's inputs and outputs) must fit."""
     block = streamed.block_bytes()
     activations = 0
