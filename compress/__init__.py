@@ -22,6 +22,8 @@ _LAZY = {
     "QuantizeConfig": ("compress.quantize.config", "QuantizeConfig"),
     "prune": ("compress.prune", None),  # a callable package too
     "PruneConfig": ("compress.prune.plan", "PruneConfig"),
+    "distill": ("compress.distill", None),  # callable: compress.distill(teacher, student, out, …)
+    "DistillConfig": ("compress.distill.config", "DistillConfig"),
     "inspect": ("compress.artifact", "describe"),
     "read_manifest": ("compress.artifact", "read_manifest"),
     "resolve_model": ("compress.modeling", "resolve_model"),

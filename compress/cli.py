@@ -13,6 +13,7 @@ import sys
 import traceback
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +21,10 @@ from compress import console
 from compress.errors import CompressError
 from compress.quantize.config import METHOD_BITS
 from compress.version import __version__
+
+if TYPE_CHECKING:
+    from compress.evaluate.results import EvalReport
+    from compress.pipeline.report import RunResult
 
 INTERNAL_ERROR_EXIT = 3
 _invocation: list[str] = []  # the arguments of this run, recorded verbatim in manifests
@@ -244,15 +249,24 @@ def eval_command(
         _emit_json(report.model_dump())
     else:
         console.stdout.print(rich_table(rows, title=f"compress eval · suite {chosen.name} · {chosen.data}"))
-        for result in report.results:
-            for outcome in result.gates:
-                style = "green" if outcome["passed"] else "bold red"
-                console.stdout.print(f"[{style}]{result.name}: {outcome['message']}[/{style}]")
+        _print_gates(report)
+    _exit_for(report.passed, problems)
+
+
+def _print_gates(report: EvalReport) -> None:
+    for result in report.results:
+        for outcome in result.gates:
+            style = "green" if outcome["passed"] else "bold red"
+            console.stdout.print(f"[{style}]{result.name}: {outcome['message']}[/{style}]")
+
+
+def _exit_for(passed: bool, problems: list[str]) -> None:
+    """Exit 2 when something could not be measured as asked, else 1 when a gate failed."""
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
         raise typer.Exit(2)
-    if not report.passed:
+    if not passed:
         raise typer.Exit(1)
 
 
@@ -439,30 +453,80 @@ def prune(
         console.stdout.print(str(path))
 
 
+@app.command(
+    "run",
+    epilog="Examples:\n\n  compress run recipes/int4-gptq.yaml --set model=./my-model\n\n"
+    "  compress run ci --set stages.int4.quantize.bits=3 --out runs/ci-3bit\n\n"
+    "  compress run recipes/prune-distill-int4.yaml --set data.calib.samples=256 --dry-run",
+)
+def run_command(
+    recipe: str = typer.Argument(
+        ..., help="A recipe YAML file, or the name of one in recipes/ (ci, demo, …)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a recipe value, e.g. stages.int4.quantize.bits=3 (repeatable)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the stages, their cache keys and what is cached; run nothing."
+    ),
+    resume: bool = typer.Option(
+        True,
+        "--resume/--no-resume",
+        help="Reuse finished stages and resume an interrupted one; --no-resume recomputes everything.",
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
+) -> None:
+    """Run a recipe: its stages (cached), then eval, gates, table and reports; exit 1 when a gate fails."""
+    from compress.pipeline.runner import default_run_dir, plan, run_recipe
+    from compress.pipeline.schema import load_recipe
+    from compress.render import recipe_plan_view
+
+    loaded = load_recipe(recipe, set_)
+    if dry_run:
+        planned = [stage.as_dict() for stage in plan(loaded, out, resume)]
+        if console.mode.json:
+            _emit_json(planned)
+        else:
+            spec = loaded.recipe.eval
+            console.stdout.print(
+                recipe_plan_view(
+                    loaded.recipe.name, out or default_run_dir(loaded), planned, spec.model_dump()
+                )
+            )
+        return
+    _show_run(run_recipe(loaded, out, resume=resume, command=_command()))
+
+
+def _show_run(result: RunResult, header: dict | None = None) -> None:
+    """A recipe run's comparison table and gates (or its JSON with `header`), then its exit code."""
+    from compress.evaluate.compare import rich_table
+
+    if console.mode.json:
+        _emit_json({**(header or {}), **result.model_dump()})
+    else:
+        title = f"compress run {result.recipe} · suite {result.eval.suite} · {result.run_dir}"
+        console.stdout.print(rich_table(result.comparison, title=title))
+        _print_gates(result.eval)
+        console.notice(f"report.md, results.json and junit.xml written to {result.run_dir}")
+    _exit_for(result.passed, result.problems)
+
+
 @app.command(epilog="Examples:\n\n  compress demo\n\n  compress demo --fast --out /tmp/demo")
 def demo(
     fast: bool = typer.Option(False, "--fast", help="A smaller, quicker demo model (what the tests use)."),
-    out: Path = typer.Option(Path("compressed/demo"), "--out", "-o", help="Where the demo's artifacts go."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="The run directory (default: runs/demo, or runs/demo-fast)."
+    ),
     rebuild: bool = typer.Option(False, "--rebuild", help="Retrain the demo model even when it is cached."),
 ) -> None:
-    """Build the trained demo model offline, quantize it, evaluate it, and compare."""
-    from compress.artifact import describe
+    """Build the trained demo model offline and run recipes/demo.yaml on it, ending with the comparison."""
     from compress.demo import demo_model
-    from compress.evaluate.compare import comparison_rows, rich_table
-    from compress.evaluate.harness import EvalRequest, evaluate
-    from compress.evaluate.suite import load_suite
-    from compress.quantize.runner import quantize as run_quantize
-    from compress.render import inspect_view
+    from compress.pipeline.runner import run_recipe
+    from compress.pipeline.schema import load_recipe
 
     model_dir, record = demo_model(fast=fast, rebuild=rebuild)
-    artifact = run_quantize(model_dir, out / "fp16", method="fp16", force=True, command=_command())
-    suite = load_suite("quick")
-    report, problems = evaluate(EvalRequest([str(artifact)], suite, baseline=str(model_dir)))
-    if console.mode.json:
-        _emit_json(
-            {"model": str(model_dir), "record": record, "artifact": describe(artifact), **report.model_dump()}
-        )
-    else:
+    loaded = load_recipe("demo", ["model=builtin:demo-fast"] if fast else [])
+    if not console.mode.json:
         console.stdout.print(
             f"demo model: {model_dir}\n"
             f"  {record['parameters']:,} parameters, vocabulary {record['vocab_size']}, "
@@ -471,11 +535,328 @@ def demo(
             f"(on {record['heldout_data']['tokens']:,} tokens of builtin:python-stdlib:heldout; "
             f"a model that learned nothing scores about {record['vocab_size']})"
         )
-        console.stdout.print(inspect_view(describe(artifact)))
-        rows = comparison_rows([report.baseline, *report.results])
-        console.stdout.print(rich_table(rows, title=f"compress demo · suite {suite.name} · {suite.data}"))
-    if problems:
-        raise CompressError(problems[0])
+    run_dir = out or Path("runs") / ("demo-fast" if fast else "demo")
+    result = run_recipe(loaded, run_dir, command=_command())
+    _show_run(result, {"model": str(model_dir), "record": record})
+
+
+# --- distill ----------------------------------------------------------------------------------------
+
+distill_app = typer.Typer(
+    help="Distillation: teacher generation, then student training; with no subcommand, both.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(distill_app, name="distill")
+
+Teacher = Annotated[
+    str | None, typer.Option("--teacher", help="The teacher: a model directory, hub id or artifact.")
+]
+StudentModel = Annotated[
+    str | None,
+    typer.Option("--student", help="The student: an artifact (e.g. pruned), a model dir or hub id."),
+]
+StudentConfig = Annotated[
+    str | None,
+    typer.Option(
+        "--student-config",
+        help="A student from the teacher's config, smaller: e.g. num_hidden_layers=2,intermediate_size=172.",
+    ),
+]
+StudentInit = Annotated[
+    str | None,
+    typer.Option("--student-init", help="--student-config start: teacher (default) weights or random."),
+]
+Prompts = Annotated[
+    str | None,
+    typer.Option("--prompts", help="Prompt source, any data source (default builtin:python-stdlib)."),
+]
+PromptTokens = Annotated[
+    int | None,
+    typer.Option("--prompt-tokens", help="Cut each prompt to this many tokens (default 64; 0: whole)."),
+]
+Samples = Annotated[
+    int | None, typer.Option("--samples", help="Teacher completions to generate (default 512).")
+]
+SamplesPerPrompt = Annotated[
+    int | None, typer.Option("--samples-per-prompt", help="Completions per prompt (default 1).")
+]
+MaxNewTokens = Annotated[
+    int | None, typer.Option("--max-new-tokens", help="Tokens per completion (default 128).")
+]
+Greedy = Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")]
+SamplingTemperature = Annotated[
+    float | None, typer.Option("--sampling-temperature", help="Sampling temperature (default 1.0).")
+]
+TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass (default 1.0: off).")]
+StoreTopk = Annotated[
+    int | None,
+    typer.Option("--store-topk", help="Store the teacher's top-k log-probs (offline KD; default 0)."),
+]
+Engine = Annotated[str | None, typer.Option("--engine", help="hf (default) or vllm (when installed).")]
+GenerateBatch = Annotated[
+    int | None, typer.Option("--generate-batch-size", help="Sequences per generate call.")
+]
+ShardSize = Annotated[int | None, typer.Option("--shard-size", help="Completions per shard (resume unit).")]
+Loss = Annotated[str | None, typer.Option("--loss", help="kl, ce or kl+ce (default).")]
+Alpha = Annotated[float | None, typer.Option("--alpha", help="KL weight in kl+ce (default 0.5).")]
+Temperature = Annotated[
+    float | None, typer.Option("--temperature", help="Distillation temperature T (default 1).")
+]
+TeacherLogits = Annotated[
+    str | None,
+    typer.Option("--teacher-logits", help="online (teacher forward, default) or offline (stored top-k)."),
+]
+Steps = Annotated[int | None, typer.Option("--steps", help="Optimizer steps (default 200).")]
+LearningRate = Annotated[
+    float | None, typer.Option("--lr", help="Peak learning rate, cosine schedule (default 1e-4).")
+]
+BatchSize = Annotated[
+    int | None, typer.Option("--batch-size", help="Sequences per device per step (default 8).")
+]
+GradAccum = Annotated[
+    int | None, typer.Option("--grad-accum", help="Gradient accumulation steps (default 1).")
+]
+MaxSeqLen = Annotated[int | None, typer.Option("--max-seq-len", help="Cut training sequences (default 512).")]
+MixedPrecision = Annotated[
+    str | None, typer.Option("--mixed-precision", help="auto (bf16 on CUDA that has it), no, bf16, fp16.")
+]
+SaveSteps = Annotated[int | None, typer.Option("--save-steps", help="Checkpoint every N steps (default 50).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of the same run.")]
+Suite = Annotated[
+    str | None, typer.Option("--suite", help="Eval suite for the final report (default: default).")
+]
+EvalData = Annotated[str | None, typer.Option("--eval-data", help="Override the suite's eval text.")]
+NoEval = Annotated[bool, typer.Option("--no-eval", help="Skip the final evaluation.")]
+Seed = Annotated[
+    int | None, typer.Option("--seed", help="Seed of sampling, data order and init (default 0).")
+]
+Device = Annotated[str | None, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, …")]
+Force = Annotated[bool, typer.Option("--force", "-f", help="Replace --out (and unusable work files).")]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repo's own code.")]
+
+
+def _distill_options(params: dict[str, object], *configs: type) -> dict[str, object]:
+    """The config fields among a command's parameters that the user set (the rest keep the config's
+    defaults), with the flags spelled differently on the command line translated."""
+    from compress.distill.student import parse_student_config
+
+    fields = set().union(*(config.model_fields for config in configs))
+    options = {name: value for name, value in params.items() if name in fields and value is not None}
+    if params.get("prompt_tokens") == 0:
+        options["prompt_tokens"] = None  # whole documents
+    if params.get("greedy"):
+        options["do_sample"] = False
+    if params.get("student_config") is not None:
+        options["student_config"] = parse_student_config(params["student_config"])
+    if params.get("no_eval"):
+        options["eval"] = False
+    return options
+
+
+def _require_teacher(teacher: str | None) -> str:
+    if teacher is None:
+        raise CompressError("give the teacher: --teacher MODEL")
+    return teacher
+
+
+def _show_distillation(path: Path) -> None:
+    """The training report, on the main process only (under `accelerate launch` every process runs)."""
+    from accelerate import PartialState
+
+    from compress.artifact import read_manifest
+    from compress.distill.report import distillation_view
+
+    if not PartialState().is_main_process:
+        return
+    report = read_manifest(path).extra["distillation"]
+    if console.mode.json:
+        _emit_json({"artifact": str(path), **report})
+    elif not console.mode.quiet:
+        console.stdout.print(distillation_view(report))
+        console.stdout.print(f"[green]wrote[/green] {path}")
+    else:
+        console.stdout.print(str(path))
+
+
+@distill_app.callback(
+    invoke_without_command=True,
+    epilog="Examples:\n\n"
+    "  compress distill --teacher ./big --student out/pruned --samples 2000 --steps 500\n\n"
+    "  compress distill generate --teacher ./my-model --out gens --store-topk 32\n\n"
+    "  compress distill train --teacher ./my-model --student out/pruned --data gens --loss kl\n\n"
+    "  accelerate launch --multi_gpu --num_processes 8 -m compress distill train --teacher … --data gens",
+)
+def distill(
+    ctx: typer.Context,
+    teacher: Teacher = None,
+    student: StudentModel = None,
+    student_config: StudentConfig = None,
+    student_init: StudentInit = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output artifact directory.")] = None,
+    generations: Annotated[
+        Path | None, typer.Option("--generations", help="Where the generations go (default <out>.work/).")
+    ] = None,
+    prompts: Prompts = None,
+    prompt_tokens: PromptTokens = None,
+    samples: Samples = None,
+    samples_per_prompt: SamplesPerPrompt = None,
+    max_new_tokens: MaxNewTokens = None,
+    greedy: Greedy = False,
+    sampling_temperature: SamplingTemperature = None,
+    top_p: TopP = None,
+    store_topk: StoreTopk = None,
+    engine: Engine = None,
+    generate_batch_size: GenerateBatch = None,
+    loss: Loss = None,
+    alpha: Alpha = None,
+    temperature: Temperature = None,
+    teacher_logits: TeacherLogits = None,
+    steps: Steps = None,
+    lr: LearningRate = None,
+    batch_size: BatchSize = None,
+    grad_accum: GradAccum = None,
+    max_seq_len: MaxSeqLen = None,
+    mixed_precision: MixedPrecision = None,
+    save_steps: SaveSteps = None,
+    resume: Resume = False,
+    suite: Suite = None,
+    eval_data: EvalData = None,
+    no_eval: NoEval = False,
+    seed: Seed = None,
+    device: Device = None,
+    force: Force = False,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Distill a teacher into a student: generate, then train (or run one stage: generate, train)."""
+    params = dict(locals())
+    if ctx.invoked_subcommand is not None:
+        return
+    from compress.distill.config import DistillConfig
+    from compress.distill.runner import distill as run_distill
+
+    path = run_distill(
+        _require_teacher(teacher),
+        student,
+        out,
+        generations=generations,
+        force=force,
+        trust_remote_code=trust_remote_code,
+        command=_command(),
+        resume=resume,
+        **_distill_options(params, DistillConfig),
+    )
+    _show_distillation(path)
+
+
+@distill_app.command(
+    "generate",
+    epilog="Examples:\n\n"
+    "  compress distill generate --teacher ./big --prompts prompts.jsonl:prompt --out gens\n\n"
+    "  compress distill generate --teacher ./my-model --samples 4096 --store-topk 32 --out gens",
+)
+def distill_generate(
+    teacher: Teacher = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="The generation directory (required).")
+    ] = None,
+    prompts: Prompts = None,
+    prompt_tokens: PromptTokens = None,
+    samples: Samples = None,
+    samples_per_prompt: SamplesPerPrompt = None,
+    max_new_tokens: MaxNewTokens = None,
+    greedy: Greedy = False,
+    sampling_temperature: SamplingTemperature = None,
+    top_p: TopP = None,
+    store_topk: StoreTopk = None,
+    engine: Engine = None,
+    generate_batch_size: GenerateBatch = None,
+    shard_size: ShardSize = None,
+    seed: Seed = None,
+    device: Device = None,
+    force: Force = False,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Teacher completions over prompts, as a `datasets` dataset in resumable shards."""
+    params = dict(locals())
+    from compress.distill.config import GenerateConfig
+    from compress.distill.generate import generate
+
+    if out is None:
+        raise CompressError("give the output directory: --out DIR")
+    path = generate(
+        _require_teacher(teacher),
+        out,
+        force=force,
+        trust_remote_code=trust_remote_code,
+        command=_command(),
+        **_distill_options(params, GenerateConfig),
+    )
+    meta = json.loads((path / "generation.json").read_text())
+    summary = {key: meta.get(key) for key in ("completions", "tokens", "wall_s", "generated_tokens_per_s")}
+    if console.mode.json:
+        _emit_json({"generations": str(path), **summary})
+    else:
+        console.stdout.print(
+            f"[green]wrote[/green] {path}: {summary['completions']:,} completions, "
+            f"{summary['tokens']:,} tokens"
+        )
+
+
+@distill_app.command(
+    "train",
+    epilog="Examples:\n\n"
+    "  compress distill train --teacher ./big --student out/pruned --data gens --steps 500\n\n"
+    "  compress distill train --teacher ./big --student-config num_hidden_layers=6 --data gens --loss kl\n\n"
+    "  compress distill train --teacher ./my-model --student out/pruned --data gens --resume",
+)
+def distill_train(
+    teacher: Teacher = None,
+    student: StudentModel = None,
+    student_config: StudentConfig = None,
+    student_init: StudentInit = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Generations from `distill generate` (required).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output artifact directory.")] = None,
+    loss: Loss = None,
+    alpha: Alpha = None,
+    temperature: Temperature = None,
+    teacher_logits: TeacherLogits = None,
+    steps: Steps = None,
+    lr: LearningRate = None,
+    batch_size: BatchSize = None,
+    grad_accum: GradAccum = None,
+    max_seq_len: MaxSeqLen = None,
+    mixed_precision: MixedPrecision = None,
+    save_steps: SaveSteps = None,
+    resume: Resume = False,
+    suite: Suite = None,
+    eval_data: EvalData = None,
+    no_eval: NoEval = False,
+    seed: Seed = None,
+    device: Device = None,
+    force: Force = False,
+    trust_remote_code: TrustRemoteCode = False,
+) -> None:
+    """Train a student on teacher generations with α·T²·KL + (1−α)·CE; evaluate it at the end."""
+    params = dict(locals())
+    from compress.distill.config import TrainConfig
+    from compress.distill.train import train
+
+    if data is None:
+        raise CompressError("give the generations: --data DIR (from `compress distill generate`)")
+    path = train(
+        _require_teacher(teacher),
+        student,
+        out,
+        data=data,
+        force=force,
+        trust_remote_code=trust_remote_code,
+        command=_command(),
+        resume=resume,
+        **_distill_options(params, TrainConfig),
+    )
+    _show_distillation(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,14 +155,15 @@ def iter_documents(source: TextSource | str, shuffle_seed: int | None = None) ->
     if source.kind == "hf":
         documents: Iterable[str] = _hub_documents(source, shuffle_seed)
     else:
-        local = [doc for path in _local_files(source) for doc in _read_file(path, source.column)]
+        local = [doc for path in local_files(source) for doc in _read_file(path, source.column)]
         if shuffle_seed is not None:
             random.Random(shuffle_seed).shuffle(local)
         documents = local
     return (doc for doc in documents if doc.strip())
 
 
-def _local_files(source: TextSource) -> list[Path]:
+def local_files(source: TextSource) -> list[Path]:
+    """The files a local or builtin source reads, in a fixed order (what recipes fingerprint)."""
     if source.kind == "builtin":
         return stdlib_files(source.split or "train")
     if source.kind == "file":

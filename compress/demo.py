@@ -206,10 +206,16 @@ def build_demo_model(recipe: DemoRecipe, out: Path) -> dict[str, Any]:
     return record
 
 
+def demo_model_dir(fast: bool = False) -> Path:
+    """Where the demo model is cached; it is complete when its record file is there."""
+    recipe = FAST_RECIPE if fast else FULL_RECIPE
+    return cache_root() / "demo" / f"{'fast' if fast else 'full'}-{recipe_key(recipe)}"
+
+
 def demo_model(fast: bool = False, rebuild: bool = False) -> tuple[Path, dict[str, Any]]:
     """The cached demo model directory and its record, built first when missing."""
     recipe = FAST_RECIPE if fast else FULL_RECIPE
-    path = cache_root() / "demo" / f"{'fast' if fast else 'full'}-{recipe_key(recipe)}"
+    path = demo_model_dir(fast)
     record_file = path / RECORD_NAME
     if rebuild or not record_file.is_file():
         build_demo_model(recipe, path)

@@ -238,6 +238,15 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
         raise CompressError(f"cannot load a tokenizer from '{source.reference}': {exc}") from exc
 
 
+def tokenizers_match(reference_tokenizer, tokenizer, probe: str) -> bool:
+    """Same vocabulary and the same ids for a sample text: logits of the two models are comparable
+    position by position (what KLD and distillation need)."""
+    if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+        return False
+    encode = {"add_special_tokens": False}
+    return reference_tokenizer(probe, **encode)["input_ids"] == tokenizer(probe, **encode)["input_ids"]
+
+
 # --- walking the module tree -------------------------------------------------------------------
 
 

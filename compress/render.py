@@ -169,3 +169,24 @@ def prune_report_view(report: dict[str, Any]) -> Group:
             dimension, _where(dimension, what), *(f"{m:.4g}" if m is not None else "-" for m in means)
         )
     return Group(sizes, removed)
+
+
+def recipe_plan_view(
+    name: str, run_dir: Any, stages: list[dict[str, Any]], eval_spec: dict[str, Any]
+) -> Table:
+    """`compress run --dry-run`: each stage, what it reads, its cache key, and whether it is cached."""
+    table = Table(title=f"compress run {name} --dry-run · {run_dir}", title_justify="left")
+    for column in ("stage", "does", "input", "key", "status"):
+        table.add_column(column)
+    for stage in stages:
+        if stage["cached"]:
+            status = "[green]cached[/green]"
+        elif stage["key"] is None:
+            status = "runs (after its input is built)"
+        else:
+            status = "runs"
+        key = stage["key"][:12] if stage["key"] else "-"
+        table.add_row(stage["name"], stage["summary"], stage["input"], key, status)
+    gates = ", ".join(eval_spec["gates"]) or "none"
+    table.caption = f"then: eval suite {eval_spec['suite']} against {eval_spec['baseline']}; gates: {gates}"
+    return table

@@ -56,9 +56,12 @@ def test_fp16_artifact_matches_the_source(demo, tmp_path):
 def test_demo_command_end_to_end(run_cli, demo, tmp_path):
     code, out, err = run_cli("demo", "--fast", "--out", tmp_path / "demo")
     assert code == 0, err
-    assert "held-out perplexity" in out
+    assert "held-out perplexity" in out and "compress run demo" in out
     assert (tmp_path / "demo" / "fp16" / "compress.json").is_file()
     code, out, _ = run_cli("--json", "demo", "--fast", "--out", tmp_path / "demo")
     payload = json.loads(out)
     assert payload["record"]["heldout_ppl"] == demo[1]["heldout_ppl"]
-    assert payload["artifact"]["manifest"]["method"] == "fp16"
+    assert payload["recipe"] == "demo" and payload["passed"]
+    assert {stage["status"] for stage in payload["stages"]} == {"cached"}
+    assert payload["comparison"][0]["name"] == "base"
+    assert read_manifest(tmp_path / "demo" / "fp16").recipe["stage"] == "fp16"

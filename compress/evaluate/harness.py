@@ -34,7 +34,7 @@ from compress.evaluate.results import (
 )
 from compress.evaluate.scoring import BaselineStore, score_pass, write_baseline_store
 from compress.evaluate.suite import Suite
-from compress.modeling import ModelSource, load_tokenizer, resolve_device, resolve_model
+from compress.modeling import ModelSource, load_tokenizer, resolve_device, resolve_model, tokenizers_match
 from compress.telemetry import PhaseTimer
 from compress.version import __version__
 
@@ -86,14 +86,6 @@ def _baseline_reference(request: EvalRequest) -> str:
         if manifest:
             return manifest.lineage.source["path"]
     raise CompressError("no --baseline given and the first artifact records no source model; pass --baseline")
-
-
-def _tokenizers_match(baseline_tokenizer, tokenizer, probe: str) -> bool:
-    """Same vocabulary and the same ids for a sample of the eval text: KLD compares like with like."""
-    if baseline_tokenizer.get_vocab() != tokenizer.get_vocab():
-        return False
-    encode = {"add_special_tokens": False}
-    return baseline_tokenizer(probe, **encode)["input_ids"] == tokenizer(probe, **encode)["input_ids"]
 
 
 def _suite_checks(suite: Suite, gates: list[str]) -> None:
@@ -198,7 +190,7 @@ def _evaluate_model(source: ModelSource, role: str, context: _Context) -> ModelR
         model = load_for_eval(source, context.device, suite.dtype)
         tokenizer = load_tokenizer(source) if role == "artifact" else context.tokenizer
     windows, with_kld = context.windows, role == "artifact" and "kld" in suite.metrics
-    if role == "artifact" and not _tokenizers_match(context.tokenizer, tokenizer, _probe_text(context)):
+    if role == "artifact" and not tokenizers_match(context.tokenizer, tokenizer, _probe_text(context)):
         reason = "the artifact's tokenizer differs from the baseline's"
         windows = sequential_windows(tokenizer, suite.data, windows.input_ids.shape[1], suite.max_tokens)
         if with_kld:

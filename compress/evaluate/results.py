@@ -133,8 +133,11 @@ def load_results(paths: list[Path]) -> list[ModelResult]:
     return sorted(unique.values(), key=lambda r: r.role != "baseline")
 
 
-def junit_xml(report: EvalReport) -> str:
-    """JUnit XML for CI: one test case per (artifact, gate), plus one per artifact for the run itself."""
+def junit_xml(report: EvalReport, title: str | None = None) -> str:
+    """JUnit XML for CI: one test case per (artifact, gate), plus one per artifact for the run itself.
+
+    `title` names the test suite (default: `compress eval (SUITE)`).
+    """
     cases = []
     for result in report.results:
         cases.append((result.name, "evaluated", None))
@@ -142,7 +145,10 @@ def junit_xml(report: EvalReport) -> str:
             cases.append((result.name, gate["gate"], None if gate["passed"] else gate["message"]))
     failures = sum(1 for _, _, failure in cases if failure)
     suite = ElementTree.Element(
-        "testsuite", name=f"compress eval ({report.suite})", tests=str(len(cases)), failures=str(failures)
+        "testsuite",
+        name=title or f"compress eval ({report.suite})",
+        tests=str(len(cases)),
+        failures=str(failures),
     )
     for classname, name, failure in cases:
         case = ElementTree.SubElement(suite, "testcase", classname=classname, name=name)

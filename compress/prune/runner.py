@@ -104,7 +104,7 @@ def _scores(model: torch.nn.Module, config: PruneConfig, sizes: Sizes, ids: torc
     return scores
 
 
-def _cut(model: torch.nn.Module, sizes: Sizes, scores: Scores) -> dict[str, Any]:
+def cut(model: torch.nn.Module, sizes: Sizes, scores: Scores) -> dict[str, Any]:
     """Apply the plan in place; returns what was removed where, with the importance summaries."""
     g = geometry(model)
     report: dict[str, Any] = {"removed": {}, "importance": {}}
@@ -157,12 +157,14 @@ def prune(
     force: bool = False,
     trust_remote_code: bool = False,
     command: str | None = None,
+    recipe: dict[str, Any] | None = None,
     **options: Any,
 ) -> Path:
     """Prune `model` and write an artifact; returns its path. The report (sizes, what was removed
     where, importance summaries) is the manifest's `extra["pruning"]`.
 
-    `options` are the `PruneConfig` fields (heads, mlp, hidden, layers, importance, calib, …).
+    `options` are the `PruneConfig` fields (heads, mlp, hidden, layers, importance, calib, …); `recipe`
+    names the recipe stage that asked for it, recorded in the manifest.
     """
     config = _config(options)
     target_device = resolve_device(config.device)
@@ -187,7 +189,7 @@ def prune(
     with timer.phase("importance"):
         scores = _scores(loaded, config, sizes, windows.input_ids if windows is not None else None)
     with timer.phase("prune"):
-        report = _cut(loaded, sizes, scores)
+        report = cut(loaded, sizes, scores)
     after = count_parameters(loaded)
     if after != predicted:
         raise RuntimeError(f"internal error: pruned to {after} parameters, the plan predicted {predicted}")
@@ -204,6 +206,7 @@ def prune(
             save_model_files(loaded, source.path, staging)
         manifest = Manifest(
             command=command or api_call("prune", model, out_path, **config.model_dump()),
+            recipe=recipe,
             lineage=lineage_for(source),
             method="prune",
             parameters=config.model_dump(),

@@ -188,11 +188,13 @@ def quantize(
     force: bool = False,
     trust_remote_code: bool = False,
     command: str | None = None,
+    recipe: dict[str, Any] | None = None,
     **options: Any,
 ) -> Path:
     """Quantize `model` (a directory, hub id or artifact) and write an artifact; returns its path.
 
-    `options` are the other `QuantizeConfig` fields (group_size, sym, act_order, calib, …).
+    `options` are the other `QuantizeConfig` fields (group_size, sym, act_order, calib, …); `recipe`
+    names the recipe stage that asked for it, recorded in the manifest.
     """
     config = QuantizeConfig.from_options(method, bits, device=device, **options)
     target_device = resolve_device(config.device)
@@ -214,6 +216,7 @@ def quantize(
         parameters = weight_statistics(source.path)["parameters"] or count_parameters(produced.model)
         manifest = Manifest(
             command=command or api_call("quantize", model, out_path, **config.model_dump()),
+            recipe=recipe,
             lineage=lineage_for(source),
             method=config.method,
             parameters=config.model_dump(),

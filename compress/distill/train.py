@@ -1,0 +1,330 @@
+"""`compress distill train`: fit a student to the teacher on its generations, then score it.
+
+Checkpoints (Trainer's own: weights, optimizer, scheduler, RNG) live in a work directory beside the
+output, `<out>.work/checkpoints`, with `run.json` recording what the run was. `--resume` continues
+from the last checkpoint only when that record matches, so a resumed run is the run it claims to
+be. The artifact is written once, at the end, through a staging directory; the checkpoints are
+removed after it is published.
+
+Under `accelerate launch` every process runs this function; the main process alone writes the
+work record, the artifact and the evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress import console
+from compress.artifact import (
+    MANIFEST_NAME,
+    Manifest,
+    api_call,
+    check_output_path,
+    device_description,
+    library_versions,
+    lineage_for,
+    read_manifest,
+    save_model_files,
+    staged_directory,
+    write_manifest,
+    write_model_card,
+    write_text_atomic,
+)
+from compress.distill.config import TrainConfig, parse_config
+from compress.distill.dataset import DistillCollator, dataset_fingerprint, load_generations
+from compress.distill.student import StudentSpec, load_student, student_spec
+from compress.distill.trainer import DistillationTrainer, LiveLoss
+from compress.errors import CompressError
+from compress.modeling import (
+    ModelSource,
+    count_parameters,
+    load_config,
+    load_model,
+    load_tokenizer,
+    reject_quantized,
+    resolve_device,
+    resolve_model,
+)
+from compress.telemetry import PhaseTimer
+
+FORMAT = "dense-safetensors"
+RUN_RECORD = "run.json"
+CHECKPOINTS, INITIAL, FINAL = "checkpoints", "initial", "final"
+
+
+def default_output(student: str | None, teacher: ModelSource) -> Path:
+    name = Path((student or teacher.reference).rstrip("/")).name or "model"
+    return Path("compressed") / f"{name}-distilled"
+
+
+def default_work_dir(out: Path) -> Path:
+    return out.parent / f"{out.name}.work"
+
+
+def _precision(config: TrainConfig, device: torch.device) -> dict[str, bool]:
+    """Trainer's bf16/fp16 flags: bf16 on CUDA devices that have it when `auto`; CPUs train in float32."""
+    wanted = config.mixed_precision
+    if wanted == "auto":
+        wanted = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if wanted != "no" and device.type != "cuda":
+        raise CompressError(f"--mixed-precision {wanted} needs a CUDA device; this run is on {device}")
+    return {"bf16": wanted == "bf16", "fp16": wanted == "fp16"}
+
+
+def _training_arguments(config: TrainConfig, checkpoints: Path):
+    from transformers import TrainingArguments
+
+    device = resolve_device(config.device)
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        logging_steps=max(1, min(10, config.steps // 20)),
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=device.type == "cpu",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        log_level="warning",
+        **_precision(config, device),
+    )
+
+
+def _first_difference(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "") -> str:
+    for key in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            if found := _first_difference(old, new, f"{prefix}{key}."):
+                return found
+        elif old != new:
+            return f"{prefix}{key}={old!r}, not {new!r}"
+    return ""
+
+
+def _last_checkpoint(checkpoints: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.utils import logging as hf_logging
+
+    if not checkpoints.is_dir():
+        return None
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its "mtime may not be reliable" notice is not the user's concern
+    try:
+        return get_last_checkpoint(str(checkpoints))
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _prepare_work_dir(
+    work: Path, record: dict[str, Any], resume: bool, force: bool, is_main: bool
+) -> str | None:
+    """The checkpoint to resume from (None: start fresh), after checking it belongs to this run.
+
+    `--force` starts over where the checkpoints cannot be resumed; without it that is an error.
+    """
+    last = _last_checkpoint(work / CHECKPOINTS)
+    if last is not None and not resume:
+        if not force:
+            raise CompressError(
+                f"'{work}' holds checkpoints of an earlier run; "
+                "pass --resume to continue it or --force to start over"
+            )
+        last = None
+    if last is not None:
+        try:
+            recorded = json.loads((work / RUN_RECORD).read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        if recorded != record:
+            difference = _first_difference(recorded, record) or "an unreadable run record"
+            if not force:
+                raise CompressError(f"--resume: the checkpoints in '{work}' were made with {difference}")
+            console.notice(f"--force: starting over; the checkpoints in '{work}' were made with {difference}")
+            last = None
+        else:
+            console.notice(f"resuming from {last}")
+    elif resume:
+        console.notice(f"--resume: no checkpoint in '{work}' yet; starting from step 0")
+    if is_main and last is None:
+        for stale in (CHECKPOINTS, INITIAL, FINAL):  # generations stay: they do not depend on training
+            shutil.rmtree(work / stale, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(work / RUN_RECORD, json.dumps(record, indent=2, sort_keys=True))
+    return last
+
+
+def _check_data(dataset, config: TrainConfig, vocabulary: int) -> None:
+    if config.teacher_logits == "offline" and config.kl_weight > 0 and "topk_ids" not in dataset.column_names:
+        raise CompressError("--teacher-logits offline needs generations made with --store-topk K")
+    largest = max(max(ids) for ids in dataset["input_ids"] if ids)
+    if largest >= vocabulary:
+        raise CompressError(
+            f"the generations hold token id {largest}, outside the student's {vocabulary} tokens"
+        )
+
+
+def _stored_dtype(source: ModelSource, trust_remote_code: bool) -> torch.dtype:
+    dtype = getattr(load_config(source, trust_remote_code), "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def _initial_student_path(spec: StudentSpec, model, work: Path, tokenizer_dir: Path) -> Path:
+    """Where the untrained student can be scored: its own directory, or a copy in the work dir."""
+    if spec.source is not None:
+        return spec.source.path
+    path = work / INITIAL
+    if not (path / "config.json").is_file():
+        save_model_files(model, tokenizer_dir, path)
+    return path
+
+
+def _publish(
+    final: Path, out: Path, force: bool, manifest: Manifest, tokenizer_dir: Path, dtype: torch.dtype
+) -> None:
+    """Reload Trainer's saved weights in the stored dtype and write the artifact (safetensors only)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(final, dtype=dtype, use_safetensors=True)
+    with staged_directory(out, force) as staging:
+        save_model_files(model, tokenizer_dir, staging)
+        manifest.model = {
+            "architecture": type(model).__name__,
+            "model_type": model.config.model_type,
+            "parameters": count_parameters(model),
+            "dtype": str(dtype).removeprefix("torch."),
+        }
+        write_manifest(staging, manifest)
+        write_model_card(staging, manifest)
+
+
+def train(
+    teacher: str | Path,
+    student: str | None = None,
+    out: str | Path | None = None,
+    *,
+    data: str | Path,
+    force: bool = False,
+    trust_remote_code: bool = False,
+    command: str | None = None,
+    resume: bool = False,
+    work_dir: str | Path | None = None,
+    recipe: dict[str, Any] | None = None,
+    **options: Any,
+) -> Path:
+    """Train `student` on the generations in `data` against `teacher`; returns the artifact path.
+
+    `options` are the `TrainConfig` fields (loss, alpha, temperature, steps, lr, student_config, …);
+    `recipe` names the recipe stage that asked for it. The training and evaluation report is the
+    manifest's `extra["distillation"]`.
+    """
+    config = parse_config(TrainConfig, options)
+    teacher_source = resolve_model(teacher)
+    reject_quantized(teacher_source, trust_remote_code)
+    teacher_tokenizer = load_tokenizer(teacher_source, trust_remote_code)
+    dataset, meta = load_generations(data)
+    out_path = Path(out) if out is not None else default_output(student, teacher_source)
+    check_output_path(out_path, force, inputs=(teacher_source.path,))
+    _check_data(dataset, config, len(teacher_tokenizer))
+    spec = student_spec(teacher_source, teacher_tokenizer, student, config, trust_remote_code)
+    work = Path(work_dir) if work_dir is not None else default_work_dir(out_path)
+    record = {
+        "train": config.resume_key(),
+        "teacher": teacher_source.sha256,
+        "student": spec.description,
+        "data": dataset_fingerprint(meta),
+    }
+    args = _training_arguments(config, work / CHECKPOINTS)  # sets up the process group under accelerate
+    with args.main_process_first(desc="checking the work directory"):
+        checkpoint = _prepare_work_dir(work, record, resume, force, args.process_index == 0)
+    timer = PhaseTimer()
+    with timer.phase("student"):
+        model = load_student(spec, teacher_source, config, trust_remote_code)
+    tokenizer_dir = spec.source.path if spec.source is not None else teacher_source.path
+    is_main = args.process_index == 0
+    initial = _initial_student_path(spec, model, work, tokenizer_dir) if is_main and config.eval else None
+
+    online = config.kl_weight > 0 and config.teacher_logits == "online"
+    teacher_model = load_model(teacher_source, "float32", "cpu", trust_remote_code) if online else None
+    pad = teacher_tokenizer.pad_token_id
+    collator = DistillCollator(
+        pad if pad is not None else 0, config.max_seq_len, config.teacher_logits == "offline"
+    )
+    live = LiveLoss()
+    trainer = DistillationTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=[live],
+        teacher=teacher_model,
+        kl_weight=config.kl_weight,
+        temperature=config.temperature,
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the live display replaces printed log dicts
+    with timer.phase("train"):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    final = work / FINAL
+    trainer.save_model(str(final))  # every process: FSDP gathers the full weights here
+    trainer.accelerator.wait_for_everyone()
+    if not is_main:
+        return out_path
+
+    report = {
+        "steps": trainer.state.global_step,
+        "resumed_from": Path(checkpoint).name if checkpoint else None,
+        "train_loss": round(result.training_loss, 6),
+        "world_size": args.world_size,
+        "effective_batch": config.batch_size * config.grad_accum * args.world_size,
+        "history": live.history,
+        "student": spec.description,
+        "teacher": {"reference": teacher_source.reference, "sha256": teacher_source.sha256},
+        "data": {"path": str(data), "samples": len(dataset), "sha256": dataset_fingerprint(meta)},
+    }
+    dtype = _stored_dtype(spec.source or teacher_source, trust_remote_code)
+    manifest = Manifest(
+        command=command or api_call("distill.train", teacher, student, out_path, data=str(data), **options),
+        recipe=recipe,
+        lineage=lineage_for(spec.source or teacher_source),
+        method="distill",
+        parameters=config.model_dump(),
+        format=FORMAT,
+        seed=config.seed,
+        phases=timer.as_dicts(),
+        libraries=library_versions(),
+        device=device_description(args.device),
+        extra={"distillation": report},
+    )
+    _publish(final, out_path, force, manifest, tokenizer_dir, dtype)
+    shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    if config.eval:
+        from compress.distill.report import evaluate_distillation
+
+        report["evaluation"] = evaluate_distillation(teacher_source, initial, out_path, config)
+        _update_manifest(out_path, report)
+    return out_path
+
+
+def _update_manifest(out: Path, report: dict[str, Any]) -> None:
+    """Add the evaluation to the published manifest (its fingerprint covers only config and weights)."""
+    manifest = read_manifest(out)
+    manifest.extra["distillation"] = report
+    write_text_atomic(out / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")

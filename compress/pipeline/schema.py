@@ -1,0 +1,388 @@
+"""The recipe: one typed object (`version: 1`), read from YAML with errors that name field and line.
+
+A stage's options are the technique's own config (`QuantizeConfig`, `PruneConfig`, `DistillConfig`):
+the YAML form of exactly the CLI's flags, so nothing is defined twice. Everything that can be
+checked without loading a model is checked here (unknown keys, types, stage references, gates, the
+suite), so a typo is exit 2 before any work.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compress.distill.config import DistillConfig
+from compress.errors import CompressError
+from compress.evaluate.compare import SORT_KEYS
+from compress.evaluate.gates import parse_gate
+from compress.evaluate.suite import Suite, load_suite
+from compress.pipeline.overrides import apply_overrides
+from compress.pipeline.yaml_lines import Location, line_of, load_with_lines
+from compress.prune.plan import PruneConfig
+from compress.quantize.config import CALIBRATED_METHODS, DEFAULT_METHOD_FOR_BITS, METHOD_BITS, QuantizeConfig
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+#: The recipe's own model, as stages (`from:`, `teacher:`) and the eval baseline refer to it.
+BASE = "base"
+#: Built-in models a recipe can name without a hub: the demo model, full and at the test budget.
+BUILTIN_MODELS = {"builtin:demo": False, "builtin:demo-fast": True}  # value: the `fast` flag
+OPS = ("quantize", "prune", "distill")
+#: Stage and recipe names become directory names.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+def _valid_gate(expression: str) -> str:
+    try:
+        parse_gate(expression)
+    except CompressError as exc:
+        raise ValueError(str(exc)) from exc
+    return expression
+
+
+GateExpression = Annotated[str, AfterValidator(_valid_gate)]
+
+
+class QuantizeStage(QuantizeConfig):
+    """`quantize:` options; as on the command line, `bits` alone picks the method (4: gptq) and a
+    method alone its first bit width (int8: 8, awq: 4)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_and_bits(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        method, bits = data.get("method"), data.get("bits")
+        if method is None and isinstance(bits, int):
+            if bits not in DEFAULT_METHOD_FOR_BITS:
+                choices = ", ".join(str(b) for b in DEFAULT_METHOD_FOR_BITS)
+                raise ValueError(f"no default method for bits {bits}; name one, or use bits {choices}")
+            return {**data, "method": DEFAULT_METHOD_FOR_BITS[bits]}
+        if bits is None and method in METHOD_BITS:
+            return {**data, "bits": METHOD_BITS[method][0]}
+        return data
+
+
+class DistillStage(DistillConfig):
+    """`distill:` options; the student is the stage's input, the teacher `base` or an earlier stage."""
+
+    teacher: str = BASE
+
+
+class Stage(BaseModel):
+    """One step: a name (its output directory), its input, and exactly one technique with options."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=NAME)
+    #: The input: `base` or an earlier stage; unset, the previous stage (the base for the first).
+    from_: str | None = Field(None, alias="from")
+    #: Gates for this stage's artifact only, on top of `eval.gates`.
+    gates: list[GateExpression] = Field(default_factory=list)
+    quantize: QuantizeStage | None = None
+    prune: PruneConfig | None = None
+    distill: DistillStage | None = None
+
+    @model_validator(mode="after")
+    def _one_technique(self) -> Stage:
+        given = [op for op in OPS if getattr(self, op) is not None]
+        if len(given) != 1:
+            found = " and ".join(given) if given else "none"
+            raise ValueError(
+                f"a stage has exactly one of quantize, prune, distill; '{self.name}' has {found}"
+            )
+        return self
+
+    @property
+    def op(self) -> str:
+        return next(op for op in OPS if getattr(self, op) is not None)
+
+    @property
+    def options(self) -> BaseModel:
+        return getattr(self, self.op)
+
+    def summary(self) -> str:
+        """A few words for logs and tables: `quantize gptq 4-bit`, `prune mlp 0.3`, `distill from base`."""
+        if self.quantize is not None:
+            return f"quantize {self.quantize.method} {self.quantize.bits}-bit"
+        if self.distill is not None:
+            return f"distill from {self.distill.teacher}"
+        targets = ("heads", "heads_keep", "mlp", "mlp_size", "hidden", "hidden_size", "layers", "layers_keep")
+        given = [f"{name} {value}" for name in targets if (value := getattr(self.prune, name)) is not None]
+        return f"prune {', '.join(given)}"
+
+
+class CalibData(BaseModel):
+    """Calibration text for the stages that read data (GPTQ, AWQ, pruning importance, distill prompts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = None
+    samples: int | None = Field(None, ge=1)
+    seq_len: int | None = Field(None, ge=16)
+
+
+class EvalData(BaseModel):
+    """The eval text; overrides the suite's `data`, `seq_len` and `max_tokens`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = None
+    seq_len: int | None = Field(None, ge=2)
+    max_tokens: int | None = Field(None, ge=2)
+
+
+class Data(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    calib: CalibData = Field(default_factory=CalibData)
+    eval: EvalData = Field(default_factory=EvalData)
+
+
+class EvalSpec(BaseModel):
+    """The eval harness run on every stage's artifact at the end."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: str = "default"
+    #: `base` or a stage name.
+    baseline: str = BASE
+    #: Override the suite's metrics or lm-eval tasks.
+    metrics: list[str] | None = None
+    tasks: list[str] | None = None
+    #: Gates for every stage's artifact.
+    gates: list[GateExpression] = Field(default_factory=list)
+    price_per_hour: float | None = Field(None, gt=0)
+    device: str = "auto"
+
+
+class CompareSpec(BaseModel):
+    """The comparison table: row order, and whether to save the quality-vs-size/speed plot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sort: Literal[SORT_KEYS] | None = None  # type: ignore[valid-type]
+    plot: bool = False
+
+
+class Recipe(BaseModel):
+    """A whole pipeline: the model, the data, the stages in order, the eval and the comparison."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    name: str = Field(pattern=NAME)
+    model: str
+    seed: int = 0
+    data: Data = Field(default_factory=Data)
+    stages: list[Stage] = Field(min_length=1)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    compare: CompareSpec = Field(default_factory=CompareSpec)
+
+    @model_validator(mode="after")
+    def _default_inputs(self) -> Recipe:
+        """A stage without `from:` reads the previous stage (the first reads the base model)."""
+        for index, stage in enumerate(self.stages):
+            if stage.from_ is None:
+                stage.from_ = self.stages[index - 1].name if index else BASE
+        return self
+
+
+@dataclass(frozen=True)
+class RecipeFile:
+    """A validated recipe with paths resolved, the overrides it was loaded with, and its eval suite."""
+
+    recipe: Recipe
+    path: Path
+    overrides: tuple[str, ...]
+    suite: Suite
+
+
+def stage_options(recipe: Recipe, stage: Stage) -> BaseModel:
+    """The stage's options with the recipe's data and seed in the fields the stage leaves unset.
+
+    Only a stage that reads data takes them, so a new calibration set re-runs GPTQ but not an fp16
+    cast. A distill stage skips its own evaluation unless asked: the recipe's eval scores it.
+    """
+    options, calib = stage.options, recipe.data.calib
+    calibration = {"calib": calib.source, "calib_samples": calib.samples, "seq_len": calib.seq_len}
+    if isinstance(options, DistillStage):
+        defaults = {"prompts": calib.source, "seed": recipe.seed, "eval": False}
+    elif isinstance(options, PruneConfig):
+        defaults = {"seed": recipe.seed, **(calibration if options.needs_data else {})}
+    elif options.method in CALIBRATED_METHODS:
+        defaults = {**calibration, "seed": recipe.seed}
+    else:
+        defaults = {}
+    unset = {k: v for k, v in defaults.items() if v is not None and k not in options.model_fields_set}
+    return type(options).model_validate({**options.model_dump(exclude_unset=True), **unset})
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+class _FieldError(Exception):
+    """A problem found after validation, at a location in the recipe."""
+
+    def __init__(self, location: Location, message: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+def recipe_path(reference: str | Path) -> Path:
+    """A recipe file, or a name in `recipes/` (`ci`, `demo`)."""
+    path = Path(reference)
+    if path.is_file():
+        return path
+    if not path.suffix and (RECIPES_DIR / f"{reference}.yaml").is_file():
+        return RECIPES_DIR / f"{reference}.yaml"
+    available = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise CompressError(f"recipe '{reference}' not found; give a YAML path or one of: {available}")
+
+
+def load_recipe(reference: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RecipeFile:
+    """Read, override (`--set`), validate and resolve a recipe; any problem is one line naming where."""
+    path = recipe_path(reference)
+    filename = str(path)
+    data, lines = load_with_lines(path.read_text(), filename)
+    if not isinstance(data, dict):
+        raise CompressError(f"{filename}:1: a recipe is a mapping with name, model, stages, eval, …")
+    touched = apply_overrides(data, list(overrides))
+
+    def error(at: Location, field: Location, message: str) -> CompressError:
+        """`FILE:LINE: FIELD: MESSAGE`, or `--set KEY=VALUE: …` when an override wrote that part."""
+        blamed = [  # the most specific override covering `at`, then the last one
+            (len(set_at), order, assignment)
+            for order, (set_at, assignment) in enumerate(touched.items())
+            if at and set_at[: len(at)] == at[: len(set_at)]
+        ]
+        where = f"--set {max(blamed)[2]}" if blamed else f"{filename}:{line_of(lines, at)}"
+        name = _field_name(field)
+        return CompressError(f"{where}: {name + ': ' if name else ''}{message}")
+
+    try:
+        recipe = Recipe.model_validate(data)
+        _check_references(recipe)
+        recipe = _resolve_paths(recipe, path.parent)
+        suite = _suite(recipe, path.parent)
+    except ValidationError as exc:
+        # An unknown key first: it is usually a typo, and it explains a "missing" error beside it.
+        first = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        raise error(tuple(first["loc"]), *_describe(first)) from exc
+    except _FieldError as exc:
+        raise error(exc.location, exc.location, str(exc)) from exc
+    return RecipeFile(recipe, path, tuple(overrides), suite)
+
+
+def _describe(error: dict[str, Any]) -> tuple[Location, str]:
+    """Where an error is reported (the section, for unknown and missing keys) and what it says."""
+    location = tuple(error["loc"])
+    if error["type"] in ("extra_forbidden", "missing"):
+        key, parent = location[-1], location[:-1]
+        if error["type"] == "missing":
+            return parent, f"missing required key '{key}'"
+        kind = "option" if parent and parent[-1] in OPS else "key"
+        close = difflib.get_close_matches(str(key), _keys_at(parent), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return parent, f"unknown {kind} '{key}'{hint}"
+    return location, str(error["msg"]).removeprefix("Value error, ")
+
+
+def _field_name(location: Location) -> str:
+    """`stages[1].quantize`: the path as a reader of the YAML would write it."""
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _keys_at(location: Location) -> list[str]:
+    """The keys the schema allows at `location`, for "did you mean" hints."""
+    model: type[BaseModel] | None = Recipe
+    for part in location:
+        if isinstance(part, int) or model is None:
+            continue
+        fields = {field.alias or name: field for name, field in model.model_fields.items()}
+        model = _model_in(fields[part].annotation) if part in fields else None
+    if model is None:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((found for arg in get_args(annotation) if (found := _model_in(arg))), None)
+
+
+def _check_references(recipe: Recipe) -> None:
+    """Unique stage names, and every `from:`, `teacher:` and baseline naming `base` or an earlier stage."""
+    earlier = [BASE]
+    for index, stage in enumerate(recipe.stages):
+        if stage.name in earlier:
+            what = "the base model's name" if stage.name == BASE else "the name of an earlier stage"
+            raise _FieldError(("stages", index, "name"), f"'{stage.name}' is {what}; stage names are unique")
+        _check_earlier(stage.from_, earlier, recipe, ("stages", index, "from"))
+        if stage.distill is not None:
+            _check_earlier(stage.distill.teacher, earlier, recipe, ("stages", index, "distill", "teacher"))
+        earlier.append(stage.name)
+    _check_earlier(recipe.eval.baseline, earlier, recipe, ("eval", "baseline"))
+
+
+def _check_earlier(name: str, earlier: list[str], recipe: Recipe, location: Location) -> None:
+    if name in earlier:
+        return
+    if name in (stage.name for stage in recipe.stages):
+        raise _FieldError(
+            location, f"stage '{name}' is not before this one; refer to base or an earlier stage"
+        )
+    raise _FieldError(location, f"unknown stage '{name}'; choose one of {', '.join(earlier)}")
+
+
+def _relative_to(directory: Path, reference: str | None) -> str | None:
+    """A relative path that exists beside the recipe is taken from there; anything else as written.
+
+    Data sources may end in `:column`, so the part before the last colon is tried too.
+    """
+    if reference is None or reference.startswith(("builtin:", "hf:")) or Path(reference).is_absolute():
+        return reference
+    prefix, sep, column = reference.rpartition(":")
+    for candidate, suffix in ((reference, ""), (prefix, f"{sep}{column}")):
+        if candidate and (directory / candidate).exists():
+            return f"{directory / candidate}{suffix}"
+    return reference
+
+
+def _resolve_paths(recipe: Recipe, directory: Path) -> Recipe:
+    data = recipe.data
+    calib = data.calib.model_copy(update={"source": _relative_to(directory, data.calib.source)})
+    eval_data = data.eval.model_copy(update={"source": _relative_to(directory, data.eval.source)})
+    return recipe.model_copy(
+        update={
+            "model": _relative_to(directory, recipe.model),
+            "data": data.model_copy(update={"calib": calib, "eval": eval_data}),
+        }
+    )
+
+
+def _suite(recipe: Recipe, directory: Path) -> Suite:
+    """The eval suite with the recipe's eval data, metrics and tasks in place of the suite's own."""
+    spec, data = recipe.eval, recipe.data.eval
+    try:
+        suite = load_suite(_relative_to(directory, spec.suite))
+    except CompressError as exc:
+        raise _FieldError(("eval", "suite"), str(exc)) from exc
+    update = {
+        "data": data.source,
+        "seq_len": data.seq_len,
+        "max_tokens": data.max_tokens,
+        "metrics": spec.metrics,
+        "tasks": spec.tasks,
+    }
+    try:
+        return suite.model_copy(update={k: v for k, v in update.items() if v is not None}).check()
+    except CompressError as exc:
+        raise _FieldError(("eval", "metrics"), str(exc)) from exc
