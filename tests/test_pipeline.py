@@ -250,3 +250,9 @@ def test_prune_distill_quantize_chain(run_cli, demo, tmp_path):
     code, _, err = run_cli("run", path, "--out", run_dir)
     assert code == 0, err
     assert set(stage_statuses(run_dir).values()) == {"cached"}
+
+
+def test_trust_remote_code_is_off_unless_the_recipe_or_set_turns_it_on(tmp_path):
+    path = write(tmp_path, RECIPE)
+    assert load_recipe(path).recipe.trust_remote_code is False
+    assert load_recipe(path, ["trust_remote_code=true"]).recipe.trust_remote_code is True

@@ -32,7 +32,7 @@ from compress.pipeline.fingerprint import (
     data_sources,
 )
 from compress.pipeline.report import RunResult, StageOutcome, write_reports
-from compress.pipeline.schema import BASE, BUILTIN_MODELS, RecipeFile, Stage, stage_options
+from compress.pipeline.schema import BASE, BUILTIN_MODELS, Recipe, RecipeFile, Stage, stage_options
 
 
 @dataclass
@@ -133,7 +133,7 @@ def run_recipe(
         else:
             console.notice(f"stage {stage.name} ({stage.summary()}): running…")
             stamp = {"name": recipe.name, "file": str(loaded.path), "stage": stage.name, "key": key}
-            _execute(stage, options, paths, out, stamp, f"{command} (stage {stage.name})", resume)
+            _execute(stage, options, paths, out, stamp, f"{command} (stage {stage.name})", resume, recipe)
             console.notice(f"stage {stage.name}: ran in {time.perf_counter() - start:.1f} s → {out}")
         paths[stage.name], fingerprints[stage.name] = out, artifact_fingerprint(out)
         outcomes.append(
@@ -172,10 +172,16 @@ def _execute(
     recipe: dict[str, Any],
     command: str,
     resume: bool,
+    whole: Recipe,
 ) -> None:
     """Make the stage's artifact with the technique's runner (atomic; replaces a stale one)."""
     source = paths[stage.from_]
-    common: dict[str, Any] = {"force": True, "command": command, "recipe": recipe}
+    common: dict[str, Any] = {
+        "force": True,
+        "command": command,
+        "recipe": recipe,
+        "trust_remote_code": whole.trust_remote_code,
+    }
     if stage.quantize is not None:
         from compress.quantize.runner import quantize
 

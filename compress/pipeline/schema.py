@@ -176,6 +176,8 @@ class Recipe(BaseModel):
     version: Literal[1] = 1
     name: str = Field(pattern=NAME)
     model: str
+    #: Let every stage run the model repo's own code (the CLI's --trust-remote-code); off by default.
+    trust_remote_code: bool = False
     seed: int = 0
     data: Data = Field(default_factory=Data)
     stages: list[Stage] = Field(min_length=1)
