@@ -90,7 +90,8 @@ class VLLMEngine:
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
 
     def complete(self, prompts: list[list[int]], config: GenerateConfig, seed: int) -> list[list[int]]:
-        from vllm import SamplingParams, TokensPrompt
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
 
         params = SamplingParams(
             n=config.samples_per_prompt,
