@@ -292,3 +292,15 @@ def test_bad_training_options_are_one_line_errors(run_cli, demo, pruned, tmp_pat
     code, _, err = run_cli("distill", "train", "--teacher", demo[0], *student, "--data", plain,
                            "--out", tmp_path / "x", *argv)  # fmt: skip
     assert_one_line_error(code, err, fragment)
+
+
+def test_vllm_engine_without_vllm_is_a_one_line_error(run_cli, demo, tmp_path):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        code, _, err = run_cli("distill", "generate", "--teacher", demo[0], "--engine", "vllm",
+                               "--samples", "2", "--out", tmp_path / "g")  # fmt: skip
+        assert_one_line_error(code, err, "pip install 'compress[vllm]'")
+        assert not (tmp_path / "g").exists()
+    else:
+        pytest.skip("vLLM is installed: the engine runs instead of failing")

@@ -78,14 +78,21 @@ class HFEngine:
         return completions
 
 
+def check_engine(config: GenerateConfig) -> None:
+    """Fail before any work when the chosen engine is not installed."""
+    if config.engine == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError as exc:
+            raise CompressError("--engine vllm needs vLLM: pip install 'compress[vllm]'") from exc
+
+
 class VLLMEngine:
     """vLLM's offline `LLM.generate` over token-id prompts."""
 
     def __init__(self, source: ModelSource, tokenizer, config: GenerateConfig, trust_remote_code: bool):
-        try:
-            from vllm import LLM
-        except ImportError as exc:
-            raise CompressError("--engine vllm needs vLLM: pip install 'compress[vllm]'") from exc
+        from vllm import LLM
+
         self.llm = LLM(model=str(source.path), seed=config.seed, trust_remote_code=trust_remote_code)
         self.eos_ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
 

@@ -25,7 +25,7 @@ import torch
 from compress import console
 from compress.artifact import check_output_path, write_text_atomic
 from compress.distill.config import GenerateConfig, parse_config
-from compress.distill.engines import CompletionEngine, open_engine
+from compress.distill.engines import CompletionEngine, check_engine, open_engine
 from compress.distill.prompts import Prompts, load_prompts
 from compress.errors import CompressError
 from compress.modeling import (
@@ -243,6 +243,7 @@ def generate(
     `options` are the `GenerateConfig` fields (prompts, samples, max_new_tokens, store_topk, …).
     """
     config = parse_config(GenerateConfig, options)
+    check_engine(config)
     source = resolve_model(teacher)
     out = Path(out)
     check_output_path(out, force=True, inputs=(source.path,))
