@@ -12,6 +12,7 @@ import json
 import platform
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from pydantic import BaseModel, Field
 from safetensors import safe_open
 
 from compress.errors import CompressError
-from compress.modeling import MANIFEST_NAME, ModelSource, fingerprint_files
+from compress.modeling import MANIFEST_NAME, ModelSource, fingerprint_files, resolve_device
 from compress.version import __version__
 
 MANIFEST_SCHEMA_VERSION = 1
@@ -262,18 +263,35 @@ def packed_layer_statistics(directory: Path, quantization: dict) -> dict[str, An
     """
     if quantization.get("quant_method") not in ("gptq", "awq"):
         return None
+    from compress.quantize.kernels import LayerSpec, plan_kernel
+    from compress.quantize.runtime import runtime_dtype
+
     bits = int(quantization["bits"])
+    device = resolve_device("auto")
+    dtype = runtime_dtype(device)
     parameters = data_bytes = layers = 0
+    kernels: Counter[str] = Counter()
+    notes: Counter[str] = Counter()
     for file in sorted(Path(directory).glob("*.safetensors")):
         with safe_open(file, framework="pt") as handle:
             keys = list(handle.keys())
             for key in (k for k in keys if k.endswith(".qweight")):
                 prefix = key.removesuffix("qweight")
                 rows, columns = handle.get_slice(key).get_shape()
+                groups = handle.get_slice(f"{prefix}scales").get_shape()[0]
                 if quantization["quant_method"] == "gptq":
-                    in_features, out_features = handle.get_slice(f"{prefix}g_idx").get_shape()[0], columns
+                    g_idx = handle.get_tensor(f"{prefix}g_idx").long()
+                    in_features, out_features = g_idx.numel(), columns
+                    contiguous = bool(
+                        torch.equal(g_idx, torch.arange(in_features) // -(-in_features // groups))
+                    )
                 else:
-                    in_features, out_features = rows, columns * 32 // bits
+                    in_features, out_features, contiguous = rows, columns * 32 // bits, True
+                spec = LayerSpec(in_features, out_features, bits, -(-in_features // groups), contiguous)
+                plan = plan_kernel(spec, device.type, dtype)
+                kernels[plan.kernel] += 1
+                if plan.note:
+                    notes[plan.note] += 1
                 parameters += in_features * out_features
                 layers += 1
                 for name in ("qweight", "qzeros", "scales", "g_idx"):
@@ -289,6 +307,12 @@ def packed_layer_statistics(directory: Path, quantization: dict) -> dict[str, An
         "layers": layers,
         "parameters": parameters,
         "bits_per_weight": round(8 * data_bytes / parameters, 4),
+        "kernels": {
+            "device": device.type,
+            "dtype": str(dtype).removeprefix("torch."),
+            "layers": dict(sorted(kernels.items())),
+            "notes": dict(sorted(notes.items())),
+        },
     }
 
 

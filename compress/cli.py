@@ -217,14 +217,22 @@ def eval_command(
         None, "--price-per-hour", help="USD per hour of the device: $/1M tokens."
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, …"),
+    dtype: str | None = typer.Option(
+        None,
+        "--dtype",
+        help="Dtype quality is scored in: auto (as each model runs: bfloat16 kernels for packed "
+        "artifacts) or float32 (exact comparisons). Speed and memory are always the runtime's.",
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Re-evaluate even when cached results match."),
 ) -> None:
     """Score artifacts against a baseline with the shared harness; exit 1 when a gate fails."""
+    from pydantic import ValidationError
+
     from compress.artifact import write_text_atomic
     from compress.evaluate.compare import comparison_rows, markdown_table, rich_table
     from compress.evaluate.harness import EvalRequest, evaluate
     from compress.evaluate.results import junit_xml
-    from compress.evaluate.suite import load_suite
+    from compress.evaluate.suite import Suite, load_suite
 
     overrides = {
         "data": data,
@@ -232,10 +240,15 @@ def eval_command(
         "max_tokens": max_tokens,
         "metrics": _split(metrics),
         "tasks": _split(tasks),
+        "dtype": dtype,
     }
-    chosen = (
-        load_suite(suite).model_copy(update={k: v for k, v in overrides.items() if v is not None}).check()
-    )
+    chosen = load_suite(suite).model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    try:
+        chosen = Suite.model_validate(chosen.model_dump()).check()  # validates the overrides too
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = str(first["loc"][0]).replace("_", "-")
+        raise CompressError(f"--{option}: {first['msg']}") from exc
     request = EvalRequest(artifacts, chosen, baseline, list(gate), price_per_hour, device, reuse=not no_cache)
     report, problems = evaluate(request)
     rows = comparison_rows([r for r in [report.baseline, *report.results] if r is not None])

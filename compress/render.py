@@ -76,6 +76,12 @@ def inspect_view(info: dict[str, Any]) -> Group:
                 f"{packed['bits_per_weight']} bits per weight",
             )
         )
+        kernels = packed["kernels"]
+        layers = ", ".join(f"{count} {kernel}" for kernel, count in kernels["layers"].items())
+        notes = "; ".join(f"{count} with {note}" for note, count in kernels["notes"].items())
+        rows.append(
+            (f"kernels ({kernels['device']}, {kernels['dtype']})", layers + (f" ({notes})" if notes else ""))
+        )
     parts: list[Any] = [_key_value_table("Model", rows)]
     manifest = info.get("manifest")
     if manifest:

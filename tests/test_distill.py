@@ -208,7 +208,7 @@ def test_training_killed_mid_way_resumes_to_the_same_step_count(run_cli, demo, p
     checkpoints = tmp_path / "student.work" / "checkpoints"
     deadline = time.monotonic() + 240
     while (
-        not (checkpoints / "checkpoint-10").is_dir()
+        not (checkpoints / "checkpoint-10" / "trainer_state.json").is_file()  # a complete checkpoint
         and process.poll() is None
         and time.monotonic() < deadline
     ):
@@ -304,3 +304,18 @@ def test_vllm_engine_without_vllm_is_a_one_line_error(run_cli, demo, tmp_path):
         assert not (tmp_path / "g").exists()
     else:
         pytest.skip("vLLM is installed: the engine runs instead of failing")
+
+
+def test_resume_skips_a_checkpoint_a_kill_left_half_written(tmp_path):
+    from compress.distill.train import _last_checkpoint
+
+    for step, complete in ((10, True), (20, True), (30, False)):
+        directory = tmp_path / f"checkpoint-{step}"
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(b"")
+        if complete:
+            (directory / "trainer_state.json").write_text("{}")
+    assert _last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
+    (tmp_path / "checkpoint-20" / "trainer_state.json").unlink()
+    (tmp_path / "checkpoint-10" / "trainer_state.json").unlink()
+    assert _last_checkpoint(tmp_path) is None

@@ -40,17 +40,29 @@ def _kld(path, heldout) -> float:
     return kl_divergence(baseline, _log_probs(pruned, windows)).mean().item()
 
 
+RANDOM_SEEDS = (0, 1, 2, 3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("target", [{"mlp": 0.3}, {"heads": 0.25}])
 def test_activation_importance_beats_random(demo, heldout, tmp_path, target):
-    klds = {}
-    for importance in ("activation", "random"):
+    """Against the mean of several random choices, with a 5% margin: one random draw can be lucky.
+
+    With heads 25% only four choices exist (one KV group of four goes), and on the fast demo the
+    activation choice measured 0.275 KLD against random draws of 0.217-0.429 (mean 0.32): a single
+    seed-0 draw (0.217) beat it, which is how this test failed on other machines.
+    """
+
+    def kld(importance: str, seed: int) -> float:
         out = compress.prune(
-            demo[0], tmp_path / importance, importance=importance, calib=CALIBRATION, calib_samples=16,
-            seq_len=256, seed=0, device="cpu", **target,
+            demo[0], tmp_path / f"{importance}-{seed}", importance=importance, calib=CALIBRATION,
+            calib_samples=16, seq_len=256, seed=seed, device="cpu", **target,
         )  # fmt: skip
-        klds[importance] = _kld(out, heldout)
-    assert klds["activation"] < klds["random"], klds
+        return _kld(out, heldout)
+
+    activation = kld("activation", 0)
+    random_mean = sum(kld("random", seed) for seed in RANDOM_SEEDS) / len(RANDOM_SEEDS)
+    assert activation < 0.95 * random_mean, {"activation": activation, "random mean": random_mean}
 
 
 @pytest.mark.slow

@@ -118,17 +118,16 @@ def _first_difference(recorded: dict[str, Any], current: dict[str, Any], prefix:
 
 
 def _last_checkpoint(checkpoints: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-    from transformers.utils import logging as hf_logging
-
+    """The newest *complete* `checkpoint-N`: Trainer writes `trainer_state.json` after the weights
+    and optimizer, so a kill during a save leaves a directory without it, which is skipped."""
     if not checkpoints.is_dir():
         return None
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its "mtime may not be reliable" notice is not the user's concern
-    try:
-        return get_last_checkpoint(str(checkpoints))
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    numbered = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for candidate in sorted(numbered, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (candidate / "trainer_state.json").is_file():
+            return str(candidate)
+        console.notice(f"skipping {candidate.name}: it was not completely written (the run was stopped)")
+    return None
 
 
 def _prepare_work_dir(

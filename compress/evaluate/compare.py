@@ -34,6 +34,15 @@ def _decode_speed(result: ModelResult) -> float | None:
     return _get(result.metrics, "speed", "decode_tok_s", "1")
 
 
+def _speed_ratio(result: ModelResult, speed: float | None, base_speed: float | None) -> float | None:
+    """Decode speed against the baseline: from the side-by-side rounds when the harness timed the
+    two together (robust to load that drifts between runs), else from the two stored figures."""
+    paired = _get(result.metrics, "speed", "vs_baseline", "decode_1")
+    if paired is not None:
+        return paired
+    return speed / base_speed if speed and base_speed else None
+
+
 def comparison_rows(results: list[ModelResult]) -> list[dict[str, Any]]:
     """One row per result, baseline first, with ratios against the baseline where it has one."""
     baseline = next((r for r in results if r.role == "baseline"), None)
@@ -58,7 +67,7 @@ def comparison_rows(results: list[ModelResult]) -> list[dict[str, Any]]:
             "kld_mean": _get(m, "kld", "mean"),
             "same_top1": m.get("same_top1"),
             "decode_tok_s": speed,
-            "speed_x": speed / base_speed if speed and base_speed else None,
+            "speed_x": _speed_ratio(result, speed, base_speed),
             "usd_per_1m_tokens": _get(m, "cost", "usd_per_1m_tokens"),
             "gates": f"{sum(g['passed'] for g in result.gates)}/{len(result.gates)}"
             if result.gates

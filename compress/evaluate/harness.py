@@ -35,6 +35,7 @@ from compress.evaluate.results import (
 from compress.evaluate.scoring import BaselineStore, score_pass, write_baseline_store
 from compress.evaluate.suite import Suite
 from compress.modeling import ModelSource, load_tokenizer, resolve_device, resolve_model, tokenizers_match
+from compress.quantize.runtime import runtime_summary
 from compress.telemetry import PhaseTimer
 from compress.version import __version__
 
@@ -65,6 +66,7 @@ class _Context:
     store: BaselineStore | None = None  # the baseline's log-probs, read by artifact passes
     store_dir: Path | None = None  # where the baseline's pass writes them, when it must
     baseline: ModelResult | None = None
+    speed_baseline: nn.Module | None = None  # the baseline as it runs, timed beside each artifact
     problems: list[str] = field(default_factory=list)
 
 
@@ -130,11 +132,33 @@ def _measure(model: nn.Module, tokenizer, context: _Context, windows: TokenWindo
         metrics["tasks"] = run_tasks(
             model, tokenizer, suite.tasks, batch_size=suite.batch_size, limit=suite.task_limit
         )
-    if "speed" in suite.metrics:
-        from compress.evaluate.speed import measure_speed
-
-        metrics["speed"] = measure_speed(model, suite.speed, vocab_size=len(tokenizer))
     return metrics
+
+
+def _measure_speed(model: nn.Module, role: str, context: _Context, vocab_size: int) -> dict:
+    """Speed on the runtime path; an artifact's is timed side by side with the baseline's (same
+    process, same prompts, repeats interleaved), and its ratios come from those same rounds."""
+    from compress.evaluate.speed import measure_speed, measure_speeds, speed_ratios
+
+    settings = context.suite.speed
+    if role == "baseline":
+        return measure_speed(model, settings, vocab_size=vocab_size)
+    if context.speed_baseline is None:
+        context.speed_baseline = load_for_eval(context.baseline_source, context.device, "auto")
+    speeds = measure_speeds({"baseline": context.speed_baseline, "artifact": model}, settings, vocab_size)
+    speed, baseline = speeds["artifact"], speeds["baseline"]
+    speed["baseline"] = {key: baseline[key] for key in ("prefill_tok_s", "decode_tok_s", "decode_spread_pct")}
+    speed["vs_baseline"] = speed_ratios(speed, baseline)
+    return speed
+
+
+def _runtime_notice(name: str, runtime: dict) -> None:
+    kernels = ", ".join(f"{count} {kernel}" for kernel, count in runtime["kernels"].items())
+    notes = "; ".join(f"{count} with {note}" for note, count in runtime.get("kernel_notes", {}).items())
+    if kernels:
+        console.notice(
+            f"{name}: runs in {runtime['dtype']}; layers: {kernels}" + (f" ({notes})" if notes else "")
+        )
 
 
 def _ppl_metrics(ppl, context: _Context) -> dict[str, Any]:
@@ -199,6 +223,16 @@ def _evaluate_model(source: ModelSource, role: str, context: _Context) -> ModelR
         with_kld = False
     with timer.phase("evaluate"):
         metrics = _measure(model, tokenizer, context, windows, with_kld)
+    runtime = {"quality_dtype": runtime_summary(model)["dtype"]}
+    if suite.dtype != "auto" and {"speed", "memory"} & set(suite.metrics):
+        del model  # speed and memory are the runtime's: reload as the artifact would run
+        with timer.phase("load runtime"):
+            model = load_for_eval(source, context.device, "auto")
+    runtime.update(runtime_summary(model))
+    _runtime_notice(_display_name(source), runtime)
+    if "speed" in suite.metrics:
+        with timer.phase("speed"):
+            metrics["speed"] = _measure_speed(model, role, context, len(context.tokenizer))
     _finish_metrics(metrics, model, source, timer, context)
     if role == "artifact":
         _add_recovery(metrics, context.baseline)
@@ -217,6 +251,7 @@ def _evaluate_model(source: ModelSource, role: str, context: _Context) -> ModelR
         data=windows.fingerprint.as_dict(),
         metrics=metrics,
         skipped=skipped,
+        runtime=runtime,
         device=str(resolve_device(context.device)),
         wall_s=round(time.perf_counter() - start, 3),
     )
@@ -309,6 +344,7 @@ def evaluate(request: EvalRequest) -> tuple[EvalReport, list[str]]:
             if source.is_artifact:
                 _record_in_artifact(source, key, result, context.baseline)
         results.append(result)
+    context.speed_baseline = None
     report = EvalReport(
         suite=suite.name, suite_sha256=suite.fingerprint(), baseline=context.baseline, results=results
     )

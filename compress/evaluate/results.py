@@ -38,6 +38,8 @@ class ModelResult(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     skipped: dict[str, str] = Field(default_factory=dict)
+    #: How it ran: dtype and layers per kernel for speed and memory, and the dtype quality was scored in.
+    runtime: dict[str, Any] = Field(default_factory=dict)
     gates: list[dict[str, Any]] = Field(default_factory=list)
     device: str = "cpu"
     wall_s: float = 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import time
 from dataclasses import dataclass
 from itertools import chain
@@ -122,42 +123,91 @@ def _random_prompt(batch: int, length: int, vocab_size: int, seed: int) -> torch
     return torch.randint(0, vocab_size, (batch, length), generator=generator)
 
 
-def _measure_batch(model: nn.Module, prompt: torch.Tensor, settings: SpeedSettings) -> DecodeRun:
-    for _ in range(settings.warmup):
-        timed_greedy_decode(model, prompt, settings.new_tokens)
-    runs = [timed_greedy_decode(model, prompt, settings.new_tokens) for _ in range(settings.repeats)]
-    return min(runs, key=lambda run: run.prefill_s + sum(run.step_s))
-
-
 def _decode_tok_s(run: DecodeRun, batch: int) -> float:
     """Generated tokens per second over the decode steps (every row yields one token per step)."""
     return batch * len(run.step_s) / sum(run.step_s)
 
 
-def measure_speed(model: nn.Module, settings: SpeedSettings, vocab_size: int | None = None) -> dict:
-    """Prefill and decode throughput, time to first token and per-token latency percentiles.
+def _interleaved_runs(
+    models: dict[str, nn.Module], prompt: torch.Tensor, settings: SpeedSettings
+) -> dict[str, list[DecodeRun]]:
+    """Every model's repeats, taken in turns (a, b, a, b, …) on the same prompt.
 
-    `vocab_size` bounds the random prompt ids; it defaults to the config's, and can be lowered
-    when the embedding matrix is padded past the tokenizer's real vocabulary. Batch 1 is always
-    measured: time to first token and latency are single-request figures.
+    On a shared machine the load drifts; taking turns spreads it evenly over the candidates, so
+    their ratio holds even when absolute times do not.
     """
-    vocab_size = vocab_size or model.config.get_text_config().vocab_size
-    length = _prompt_length(model, settings)
-    runs = {
-        batch: _measure_batch(model, _random_prompt(batch, length, vocab_size, settings.seed), settings)
-        for batch in sorted({1, *settings.batch_sizes})
+    for _ in range(settings.warmup):
+        for model in models.values():
+            timed_greedy_decode(model, prompt, settings.new_tokens)
+    runs: dict[str, list[DecodeRun]] = {name: [] for name in models}
+    for _ in range(settings.repeats):
+        for name, model in models.items():
+            runs[name].append(timed_greedy_decode(model, prompt, settings.new_tokens))
+    return runs
+
+
+def _summarize(runs: dict[int, list[DecodeRun]], length: int, settings: SpeedSettings, device: str) -> dict:
+    """The fastest repeat (timeit's rule: noise only adds time) and the spread of the repeats."""
+    best = {
+        batch: min(batch_runs, key=lambda run: run.prefill_s + sum(run.step_s))
+        for batch, batch_runs in runs.items()
     }
-    single = runs[1]
+    single = best[1]
     p50, p95, p99 = np.percentile(np.array(single.step_s) * 1000.0, [50, 95, 99])
+
+    def spread(batch: int) -> float:
+        rates = [_decode_tok_s(run, batch) for run in runs[batch]]
+        return (max(rates) - min(rates)) / max(rates) * 100.0
+
     return {
-        "device": str(_device_of(model)),
+        "device": device,
         "prefill_tok_s": length / single.prefill_s,
         "ttft_ms": single.prefill_s * 1000.0,
-        "decode_tok_s": {str(batch): _decode_tok_s(runs[batch], batch) for batch in settings.batch_sizes},
+        "decode_tok_s": {str(batch): _decode_tok_s(best[batch], batch) for batch in settings.batch_sizes},
+        "decode_spread_pct": {str(batch): spread(batch) for batch in settings.batch_sizes},
         "latency_ms": {"p50": float(p50), "p95": float(p95), "p99": float(p99)},
         "prompt_tokens": length,
         "new_tokens": settings.new_tokens,
+        "repeats": settings.repeats,
+        "threads": torch.get_num_threads(),
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
+
+
+def measure_speeds(
+    models: dict[str, nn.Module], settings: SpeedSettings, vocab_size: int | None = None
+) -> dict[str, dict]:
+    """Prefill and decode throughput, time to first token and per-token latency of each model,
+    measured side by side: the same prompts, repeats interleaved, in this one process.
+
+    `vocab_size` bounds the random prompt ids; it defaults to the smallest config's, and can be
+    lowered when the embedding matrix is padded past the tokenizer's real vocabulary. Batch 1 is
+    always measured: time to first token and latency are single-request figures.
+    """
+    first = next(iter(models.values()))
+    vocab_size = vocab_size or min(m.config.get_text_config().vocab_size for m in models.values())
+    length = min(_prompt_length(model, settings) for model in models.values())
+    runs: dict[str, dict[int, list[DecodeRun]]] = {name: {} for name in models}
+    for batch in sorted({1, *settings.batch_sizes}):
+        prompt = _random_prompt(batch, length, vocab_size, settings.seed)
+        for name, batch_runs in _interleaved_runs(models, prompt, settings).items():
+            runs[name][batch] = batch_runs
+    device = str(_device_of(first))
+    return {name: _summarize(model_runs, length, settings, device) for name, model_runs in runs.items()}
+
+
+def measure_speed(model: nn.Module, settings: SpeedSettings, vocab_size: int | None = None) -> dict:
+    """`measure_speeds` for one model on its own."""
+    return measure_speeds({"model": model}, settings, vocab_size)["model"]
+
+
+def speed_ratios(speed: dict, baseline: dict) -> dict:
+    """speed ÷ baseline's for prefill and every decode batch: >1 means faster than the baseline."""
+    ratios = {"prefill": speed["prefill_tok_s"] / baseline["prefill_tok_s"]}
+    for batch, rate in speed["decode_tok_s"].items():
+        if batch in baseline["decode_tok_s"]:
+            ratios[f"decode_{batch}"] = rate / baseline["decode_tok_s"][batch]
+    return ratios
 
 
 def weight_memory_bytes(model: nn.Module) -> int:

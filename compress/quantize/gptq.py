@@ -22,6 +22,20 @@ LAZY_BLOCK = 128
 MAX_DAMP_TRIES = 6
 
 
+def lazy_block_width(group_size: int) -> int:
+    """Columns updated together: about `LAZY_BLOCK`, and aligned with the groups either way.
+
+    Groups of at most `LAZY_BLOCK` pack whole into a block; a wider group (up to a whole row, for
+    per-channel grids) spans whole blocks of its largest divisor up to `LAZY_BLOCK`. Either way
+    a group wider than a block starts one, where its grid is chosen. Tying the block to the group
+    instead made a per-channel run one block as wide as the row, losing the lazy batching (×2.4–3.4
+    the time on 576- and 1536-wide layers, same loss).
+    """
+    if group_size <= LAZY_BLOCK:
+        return group_size * (LAZY_BLOCK // group_size)
+    return max(d for d in range(1, LAZY_BLOCK + 1) if group_size % d == 0)
+
+
 class GPTQ:
     """One layer's Hessian statistics and its GPTQ transformation."""
 
@@ -90,7 +104,7 @@ class GPTQ:
 
         q = torch.zeros_like(w)
         losses = torch.zeros(w.shape[0])
-        block = size * max(1, LAZY_BLOCK // size)  # a multiple of the group: no group straddles blocks
+        block = lazy_block_width(size)
         group_of = order // size  # static groups follow the original column's position
         dynamic_scales, dynamic_zeros = static_scales.clone(), static_zeros.clone()
         scale = zero = None
@@ -104,7 +118,9 @@ class GPTQ:
                     group = group_of[column]
                     scale, zero = static_scales[:, group], static_zeros[:, group]
                 elif column % size == 0:  # the grid is chosen from the error-updated weights
-                    scale, zero = grid_params(w_block[:, i : i + size], bits, sym)
+                    # A group wider than the block starts one, where `w` holds every update so far.
+                    span = w_block[:, i : i + size] if size <= block else w[:, column : column + size]
+                    scale, zero = grid_params(span, bits, sym)
                     dynamic_scales[:, column // size], dynamic_zeros[:, column // size] = scale, zero
                 wcol = w_block[:, i : i + 1]
                 qcol = quantize_to_grid(wcol, scale, zero, bits)

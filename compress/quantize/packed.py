@@ -37,7 +37,7 @@ from compress.quantize.packing import (
     pack_gptq,
     packed_shapes,
 )
-from compress.quantize.qlinear import quantized_module_names, replace_with_quant_linears
+from compress.quantize.qlinear import QuantLinear, quantized_module_names, replace_with_quant_linears
 from compress.quantize.rtn import effective_group_size
 
 FORMATS = {"gptq": "gptq-packed", "awq": "awq-gemm"}
@@ -165,26 +165,46 @@ class PackedWriter:
         return quantization
 
 
-def load_packed(source: ModelSource, device: str, dtype: str) -> nn.Module:
-    """A packed artifact as a model whose quantized layers dequantize on the fly (CPU or CUDA)."""
+def load_packed(
+    source: ModelSource, device: str, dtype: str, cache_dequantized: bool | None = None
+) -> nn.Module:
+    """A packed artifact as a model whose quantized layers run on the fastest kernel the device has.
+
+    `dtype` `auto` is the runtime's (`runtime_dtype`: bfloat16 activations, which the int4 and
+    int8 kernels need to be fast); `float32` scores exactly, every layer on the dequantize path
+    (`prepare_runtime(model, torch.float32)` then runs the kernels in float32, for tests).
+    Layers on the exact path dequantize on every call unless `cache_dequantized` (default: only in
+    float32, where the exact path is all there is and scoring speed matters more than memory).
+    """
     from transformers import AutoModelForCausalLM
+
+    from compress.quantize.runtime import prepare_runtime, runtime_dtype
 
     config = load_config(source)
     quantization = config.quantization_config
     quantization = quantization if isinstance(quantization, dict) else quantization.to_dict()
     del config.quantization_config
+    target = resolve_device(device)
     compute_dtype = resolve_dtype(dtype)
-    compute_dtype = torch.float16 if compute_dtype == "auto" else compute_dtype
+    compute_dtype = runtime_dtype(target) if compute_dtype == "auto" else compute_dtype
     model = AutoModelForCausalLM.from_config(config, dtype=compute_dtype)
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(source.path.glob("*.safetensors")):
         state.update(load_file(shard))
     replace_with_quant_linears(model, quantization, quantized_module_names(state))
     missing, unexpected = model.load_state_dict(state, strict=False)
+    del state
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
         raise ValueError(
             f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     model.tie_weights()
-    return model.to(resolve_device(device)).eval()
+    model = model.to(target).eval()
+    cache = compute_dtype == torch.float32 if cache_dequantized is None else cache_dequantized
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.cache_dequantized = cache
+    if compute_dtype != torch.float32:
+        prepare_runtime(model, compute_dtype)
+    return model

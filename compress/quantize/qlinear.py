@@ -2,8 +2,9 @@
 
 transformers loads these checkpoints only through optimum + gptqmodel, whose kernels refuse some
 shapes (widths that are not multiples of 16, group sizes like 86) and some machines. `QuantLinear`
-holds the packed tensors exactly as stored and dequantizes on the fly in plain torch, so every
-artifact can be evaluated anywhere, CPU or GPU, at the memory cost of the packed weights.
+loads the packed tensors exactly as stored; `prepare` then repacks them once for the fastest
+kernel the device has (`kernels.py`) and releases them, or keeps them for the exact dequantize
+path, so every artifact runs anywhere, CPU or GPU, and fast where a kernel takes it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,18 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 from compress.modeling import find_decoder_blocks, find_linear_layers
+from compress.quantize.kernels import (
+    EXACT_KERNEL,
+    KernelPlan,
+    LayerSpec,
+    WeightOnlyKernel,
+    build_kernel,
+    keep_buffer_dtypes,
+    plan_kernel,
+)
 from compress.quantize.packing import (
     PACKED_DTYPES,
+    group_span,
     pack_awq,
     pack_gptq,
     packed_shapes,
@@ -34,8 +45,9 @@ _PACKERS = {"gptq": pack_gptq, "awq": pack_awq}
 class QuantLinear(nn.Module):
     """y = x · Wᵀ + b with W [out, in] kept packed; buffers named and shaped as the checkpoint's.
 
-    Nothing is cached by default (memory is the point); `cache_dequantized=True` keeps the last
-    dequantized weight for speed.
+    Until `prepare` picks a kernel, and on the exact path after it, the weight is dequantized on
+    every call: nothing is cached by default (memory is the point); `cache_dequantized=True` keeps
+    the last dequantized weight for speed.
     """
 
     def __init__(
@@ -62,6 +74,8 @@ class QuantLinear(nn.Module):
         self.sym = sym
         self.cache_dequantized = cache_dequantized
         self._cached_weight: torch.Tensor | None = None
+        self.kernel: WeightOnlyKernel | None = None
+        self.plan = KernelPlan(EXACT_KERNEL, note="not repacked")
         for name, shape in packed_shapes(fmt, in_features, out_features, bits, group_size).items():
             self.register_buffer(name, torch.zeros(shape, dtype=PACKED_DTYPES[name], device=device))
         bias_buffer = torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None
@@ -92,8 +106,36 @@ class QuantLinear(nn.Module):
         """The packed buffers (no bias), as a checkpoint stores them."""
         return {name: buffer for name, buffer in self.named_buffers(recurse=False) if name != "bias"}
 
+    def layer_spec(self) -> LayerSpec:
+        """Shape and grid, as the kernel planner reads them."""
+        span = group_span(self.in_features, self.group_size)
+        if self.fmt == "gptq":
+            trivial = torch.arange(self.in_features, device=self.g_idx.device) // span
+            contiguous = bool(torch.equal(self.g_idx.long(), trivial))
+        else:
+            contiguous = True  # AWQ GEMM has no g_idx: groups are contiguous by construction
+        return LayerSpec(self.in_features, self.out_features, self.bits, span, contiguous)
+
+    def prepare(self, dtype: torch.dtype) -> KernelPlan:
+        """Repack for the fastest kernel that takes this layer for `dtype` activations on its
+        device, releasing the checkpoint's packed tensors; layers no kernel takes keep them."""
+        if self.kernel is not None:
+            raise RuntimeError("this layer was already repacked for a kernel")
+        device = self.scales.device
+        plan = plan_kernel(self.layer_spec(), device.type, dtype)
+        self.plan = plan
+        if plan.fast:
+            self.kernel = build_kernel(self.quantized_weight(), plan, dtype, device)
+            for name in self.packed_tensors():
+                setattr(self, name, None)
+        return plan
+
     def quantized_weight(self) -> QuantizedWeight:
         """The exact integers, scales and groups behind this layer."""
+        if self.kernel is not None:
+            raise RuntimeError(
+                f"the packed tensors were released when this layer was repacked for {self.kernel.name}"
+            )
         if self.fmt == "gptq":
             return unpack_gptq(self.packed_tensors(), self.bits, self.group_size, self.sym)
         return unpack_awq(self.packed_tensors(), self.group_size, sym=self.sym)
@@ -109,15 +151,15 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.kernel is not None:
+            y = self.kernel.forward(x)  # not __call__: no hooks on it, and it runs once per token
+            return y if bias is None else y + bias
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
     def _apply(self, fn, recurse: bool = True) -> QuantLinear:
         """Moves follow the model, dtype casts do not: `model.to(torch.bfloat16)` would round the
         fp16 scales, and the packed tensors must stay exactly what the checkpoint holds."""
-        scales = self.scales
-        super()._apply(fn, recurse)
-        if self.scales.dtype != scales.dtype:
-            self.scales = scales.to(self.scales.device)
+        keep_buffer_dtypes(self, lambda: super(QuantLinear, self)._apply(fn, recurse))
         self._cached_weight = None
         return self
 
@@ -128,7 +170,8 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"fmt={self.fmt}, in_features={self.in_features}, out_features={self.out_features}, "
-            f"bits={self.bits}, group_size={self.group_size}, sym={self.sym}, bias={self.bias is not None}"
+            f"bits={self.bits}, group_size={self.group_size}, sym={self.sym}, bias={self.bias is not None}, "
+            f"kernel={self.plan.kernel}"
         )
 
 

@@ -40,13 +40,24 @@ def dequantize_grid(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) ->
     return (q - zero.unsqueeze(1)) * scale.unsqueeze(1)
 
 
-def effective_group_size(in_features: int, group_size: int) -> int:
-    """`group_size`, or the largest divisor of the input width that is ≤ it (172 → 86 for 128).
+#: Group sizes the fast int4 kernels take (see `kernels.py`), largest first.
+KERNEL_GROUP_SIZES = (256, 128, 64, 32)
 
-    -1 means one group over the whole input row.
+
+def effective_group_size(in_features: int, group_size: int) -> int:
+    """The group span a layer of `in_features` inputs gets when `group_size` is asked for.
+
+    `group_size` itself where it divides the width; else the largest kernel group size below it
+    that does (576 → 64 for 128, which the int4 kernels run as is); only then the largest divisor
+    below it (688 → 86, which the kernels run padded to 128). -1 means one group per row.
     """
     if group_size == -1 or group_size >= in_features:
         return in_features
+    if in_features % group_size == 0:
+        return group_size
+    for size in KERNEL_GROUP_SIZES:
+        if size < group_size and in_features % size == 0:
+            return size
     return max(d for d in range(1, group_size + 1) if in_features % d == 0)
 
 
