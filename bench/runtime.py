@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,6 +39,8 @@ from compress.modeling import find_decoder_blocks, find_linear_layers
 from compress.quantize.qlinear import QuantLinear
 from compress.quantize.rtn import effective_group_size, rtn_quantize
 from compress.quantize.runtime import prepare_runtime, runtime_summary
+
+warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")  # bitsandbytes, on every int8 call
 
 
 def shape_92m(directory: Path) -> Path:

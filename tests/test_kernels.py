@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from test_packing import random_qw, with_fp16_scales
 
-from compress.quantize.kernels import LayerSpec, plan_kernel
+from compress.quantize.kernels import DENSE_ROWS, LayerSpec, plan_kernel
 from compress.quantize.qlinear import QuantLinear
 from compress.quantize.qweight import QuantizedWeight
 from compress.quantize.runtime import prepare_runtime, runtime_summary
@@ -25,8 +25,9 @@ def _magnitude(qw: QuantizedWeight, offset: int) -> torch.Tensor:
 
 
 def _assert_within_rounding(layer, qw, bias, x, dtype, unit) -> None:
-    """|kernel − exact| ≤ 4·unit·(|x|·M + |b|) elementwise: x, scale, zero′ and the output each
-    round once with relative error ≤ unit (2⁻⁹ in bfloat16), and the accumulation is float32."""
+    """|kernel − exact| ≤ 4·unit·(|x|·M + |b|) elementwise: x, scale, zero′ (or, on the dense
+    prefill path, each dequantized weight) and the output each round once with relative error
+    ≤ unit (2⁻⁹ in bfloat16), and the accumulation is float32."""
     exact = F.linear(x, with_fp16_scales(qw).dequantize(), bias)
     offset = 128 if layer.plan.kernel == "int8pack" else 8
     bound = x.abs() @ _magnitude(with_fp16_scales(qw), offset).T
@@ -52,17 +53,20 @@ FAST_CASES = [
 ]
 
 
+@pytest.mark.parametrize("rows", [15, 2 * DENSE_ROWS])  # decode-sized, and prefill on the dense path
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize(("bits", "k", "n", "group", "sym", "fmt", "kernel", "note"), FAST_CASES)
-def test_fast_kernel_matches_the_exact_path(bits, k, n, group, sym, fmt, kernel, note, with_bias):
+def test_fast_kernel_matches_the_exact_path(bits, k, n, group, sym, fmt, kernel, note, with_bias, rows):
     qw = random_qw(bits, k, n, group, sym=sym, seed=k + n)
     bias = torch.randn(n) if with_bias else None
     layer = QuantLinear.from_quantized(qw, bias, fmt)
     plan = layer.prepare(torch.bfloat16)
     assert plan.kernel.startswith(kernel) and plan.note == note
     assert layer.qweight is None and layer.scales is None  # the checkpoint's tensors are released
-    x = torch.randn(3, 5, k)
+    x = torch.randn(rows // 5, 5, k)
     _assert_within_rounding(layer, qw, bias, x, torch.bfloat16, 2.0**-9)
+    if kernel == "int4pack":
+        assert layer.kernel.dense_rows == DENSE_ROWS  # torch's CPU layout decoded as expected
 
 
 @pytest.mark.parametrize(("bits", "k", "n", "group", "sym", "fmt", "kernel", "note"), FAST_CASES)

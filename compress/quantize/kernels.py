@@ -39,8 +39,12 @@ from compress.quantize.qweight import QuantizedWeight
 INT4_KERNEL_GROUPS = (256, 128, 64, 32)
 #: Padding a group to the next kernel group is worth it up to this growth of the weight.
 MAX_GROUP_PADDING = 2.0
-#: The int4 kernels tile output channels by 16 (CPU) and 8 (CUDA); int8pack reads inputs by 16.
-OUTPUT_MULTIPLE = 16
+#: The int4 kernels tile output channels by 16 (CPU) and 8 (CUDA); int8pack reads inputs by 16. On
+#: the CPU outputs are padded to 64, where its packed layout is uniform (see `_unpack_cpu_int4`).
+OUTPUT_MULTIPLE = {"int4pack-cpu": 64, "int4pack-cuda": 16}
+#: From this many activation rows on (prefill, not decode), the weight-only kernels are slower than
+#: dequantizing the weight for the call and running the dense bfloat16 matmul (AMX/AVX512-BF16).
+DENSE_ROWS = 128
 INT8_INPUT_MULTIPLE = 16
 INT4_ZERO = 8  # the int4 kernels' fixed offset: w = (q − 8)·scale + zero′
 INT8_ZERO = 128  # int8pack's integers are signed: q − 128
@@ -186,7 +190,7 @@ class Int4PackKernel(WeightOnlyKernel):
         self.group = group_span(qw.in_features, qw.group_size)
         self.padded_group = plan.padded_group
         self.kernel_group = plan.kernel_group
-        rows = _round_up(qw.out_features, OUTPUT_MULTIPLE) - qw.out_features
+        rows = _round_up(qw.out_features, OUTPUT_MULTIPLE[self.name]) - qw.out_features
         q = _pad_groups(qw.q.to(torch.int32), self.group, self.padded_group, INT4_ZERO)
         q = F.pad(q, (0, 0, 0, rows), value=INT4_ZERO)
         scales = qw.scales.to(torch.float32)
@@ -200,6 +204,9 @@ class Int4PackKernel(WeightOnlyKernel):
         self.register_buffer("weight", self._pack(q.to(device)), False)
         cpu = self.name == "int4pack-cpu"
         self._matmul = (aten._weight_int4pack_mm_for_cpu if cpu else aten._weight_int4pack_mm).default
+        # The CPU layout is torch's internal detail: the dense prefill path is used only where
+        # decoding it gives back exactly the integers that were packed.
+        self.dense_rows = DENSE_ROWS if cpu and torch.equal(_unpack_cpu_int4(self.weight), q) else None
 
     def _pack(self, q: torch.Tensor) -> torch.Tensor:
         if self.name == "int4pack-cpu":
@@ -212,7 +219,25 @@ class Int4PackKernel(WeightOnlyKernel):
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         if self.padded_group != self.group:
             x = _pad_groups(x, self.group, self.padded_group, 0.0)
+        if self.dense_rows is not None and x.shape[0] >= self.dense_rows:
+            return self._dense(x)
         return self._matmul(x, self.weight, self.kernel_group, self.scales_and_zeros)
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        """x · Wᵀ through the dense bfloat16 matmul (AMX), dequantizing W for this call only.
+
+        The weight is rebuilt in the CPU layout's own order, [out/64][in][64] (see
+        `_unpack_cpu_int4`), and multiplied block by block, which saves transposing it: q − 8 is
+        exact in `dtype`, then ·scale and + zero′ in place each round once.
+        """
+        rows, columns = self.weight.shape[0], x.shape[1]
+        blocks, groups = rows // 64, columns // self.kernel_group
+        runs = self.weight.view(blocks, columns, 32)
+        weight = torch.cat([runs & 0x0F, runs >> 4], dim=2).to(self.dtype).sub_(INT4_ZERO)
+        operands = self.scales_and_zeros.view(groups, blocks, 1, 64, 2).transpose(0, 1)  # [b, g, 1, 64, 2]
+        scales, zeros = operands[..., 0].contiguous(), operands[..., 1].contiguous()
+        weight.view(blocks, groups, self.kernel_group, 64).mul_(scales).add_(zeros)
+        return torch.matmul(x, weight).transpose(0, 1).reshape(x.shape[0], rows)
 
 
 class Int8PackKernel(WeightOnlyKernel):
@@ -232,10 +257,23 @@ class Int8PackKernel(WeightOnlyKernel):
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         padded = F.pad(x, (0, self.input_padding)) if self.input_padding else x
-        y = aten._weight_int8pack_mm.default(padded, self.weight, self.scales)
+        if x.shape[0] >= DENSE_ROWS:
+            y = F.linear(padded, self.weight.to(self.dtype) * self.scales.unsqueeze(1))
+        else:
+            y = aten._weight_int8pack_mm.default(padded, self.weight, self.scales)
         if self.offset is None:
             return y
         return (y.float() + x.float().sum(dim=-1, keepdim=True) * self.offset).to(y.dtype)
+
+
+def _unpack_cpu_int4(packed: torch.Tensor) -> torch.Tensor:
+    """[out, in] int32 from `_convert_weight_to_int4pack_for_cpu`'s uint8 layout (torch 2.13,
+    `out` a multiple of 64): bytes run [out/64][in][32], byte j of a run holding output row j in
+    its low nibble and row 32 + j in its high nibble."""
+    rows = packed.shape[0]
+    runs = packed.view(rows // 64, -1, 32)
+    nibbles = torch.cat([runs & 0x0F, runs >> 4], dim=2)  # [out/64, in, 64]
+    return nibbles.transpose(1, 2).reshape(rows, -1).to(torch.int32)
 
 
 def build_kernel(
