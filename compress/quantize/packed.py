@@ -31,6 +31,7 @@ from compress.modeling import (
 from compress.quantize.calibrated import LayerResult
 from compress.quantize.config import QuantizeConfig
 from compress.quantize.packing import (
+    PACKED_DTYPES,
     awq_quantization_config,
     gptq_quantization_config,
     pack_awq,
@@ -176,6 +177,7 @@ def load_packed(
     Layers on the exact path dequantize on every call unless `cache_dequantized` (default: only in
     float32, where the exact path is all there is and scoring speed matters more than memory).
     """
+    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     from compress.quantize.runtime import prepare_runtime, runtime_dtype
@@ -187,12 +189,21 @@ def load_packed(
     target = resolve_device(device)
     compute_dtype = resolve_dtype(dtype)
     compute_dtype = runtime_dtype(target) if compute_dtype == "auto" else compute_dtype
-    model = AutoModelForCausalLM.from_config(config, dtype=compute_dtype)
+    # Parameters on the meta device: a dense copy of the model is never allocated, and the
+    # checkpoint's tensors are assigned in place rather than copied.
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=compute_dtype)
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(source.path.glob("*.safetensors")):
         state.update(load_file(shard))
-    replace_with_quant_linears(model, quantization, quantized_module_names(state))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    packed_names = quantized_module_names(state)
+    replace_with_quant_linears(model, quantization, packed_names)
+    for key, tensor in state.items():
+        module, _, name = key.rpartition(".")
+        is_packed = module in packed_names and name in PACKED_DTYPES  # stored exactly as they are
+        if tensor.is_floating_point() and not is_packed:
+            state[key] = tensor.to(compute_dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     del state
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
