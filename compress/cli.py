@@ -129,6 +129,12 @@ def quantize(
         "--max-memory",
         help="rtn/gptq/awq: keep the model on disk and stream one block at a time (e.g. 8GB).",
     ),
+    keep_dtype: bool = typer.Option(
+        False,
+        "--keep-dtype",
+        help="rtn/gptq/awq: store embeddings, lm_head and norms in the source's dtype (default: "
+        "float16 for a float32 source).",
+    ),
     force: bool = typer.Option(False, "--force", "-f", help="Replace --out if it exists."),
     trust_remote_code: bool = typer.Option(
         False, "--trust-remote-code", help="Run the model repo's own code."
@@ -159,6 +165,7 @@ def quantize(
         double_quant=double_quant,
         compute_dtype=compute_dtype,
         max_memory=max_memory,
+        keep_dtype=keep_dtype,
     )
     if console.mode.json:
         _emit_json({"artifact": str(path), **describe(path)})

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from compress.errors import CompressError, UnsupportedArchitectureError
+from compress.gguf_source import convert_gguf, gguf_file_in
 
 MANIFEST_NAME = "compress.json"
 
@@ -51,6 +52,7 @@ class ModelSource:
     revision: str | None  # hub commit hash when the model came from the hub
     sha256: str  # fingerprint of the config and weight files
     is_artifact: bool  # the directory was written by `compress` (has compress.json)
+    gguf: dict[str, Any] | None = None  # the GGUF file this directory was converted from
 
     def lineage(self) -> dict[str, Any]:
         """The manifest's `source`/`parent` entry for this model."""
@@ -60,6 +62,8 @@ class ModelSource:
             "revision": self.revision,
             "sha256": self.sha256,
         }
+        if self.gguf:
+            entry["gguf"] = self.gguf
         if self.is_artifact:
             manifest = json.loads((self.path / MANIFEST_NAME).read_text())
             entry["method"] = manifest.get("method")
@@ -124,14 +128,21 @@ def _download_from_hub(repo_id: str, revision: str | None) -> Path:
 
 
 def resolve_model(reference: str | Path, revision: str | None = None) -> ModelSource:
-    """Turn a path or hub id into a local directory with a fingerprint, or a one-line error."""
+    """Turn a path or hub id into a local directory with a fingerprint, or a one-line error.
+
+    A `.gguf` file (or a directory holding one and no config.json) becomes the cached directory
+    transformers dequantizes it into (`gguf_source.py`); the lineage records the file.
+    """
     text = str(reference)
+    gguf = None
     if _looks_like_local_path(text):
         path = Path(text).expanduser()
         if not path.exists():
             raise CompressError(f"model path '{text}' does not exist")
-        if not path.is_dir():
-            raise CompressError(f"model path '{text}' is a file; pass the model's directory")
+        if gguf_file := gguf_file_in(path):
+            path, gguf = convert_gguf(gguf_file)
+        elif not path.is_dir():
+            raise CompressError(f"model path '{text}' is a file; pass the model's directory or a .gguf file")
         hub_revision = None
     else:
         path = _download_from_hub(text, revision)
@@ -144,6 +155,7 @@ def resolve_model(reference: str | Path, revision: str | None = None) -> ModelSo
         revision=hub_revision,
         sha256=fingerprint_files(path),
         is_artifact=(path / MANIFEST_NAME).is_file(),
+        gguf=gguf,
     )
 
 

@@ -86,7 +86,7 @@ def test_gptq_and_awq_beat_rtn_at_4_and_3_bits(klds):
 
 
 def test_packed_artifact_reloads_to_the_same_model(setting, tmp_path):
-    model, results, config = _quantized(setting, "gptq", 4, sym=False)
+    model, results, config = _quantized(setting, "gptq", 4, sym=False, keep_dtype=True)
     writer = PackedWriter(tmp_path, setting[0], model, config, "gptq")
     for index, block in enumerate(discover_layout(model).blocks):
         writer.write_block(index, block, results)
@@ -173,3 +173,24 @@ def test_bad_quantization_requests(run_cli, demo, tiny_model_dir, tmp_path):
         code, _, err = run_cli("-q", *argv)
         assert_one_line_error(code, err, fragment)
     assert not out.exists()
+
+
+def test_unquantized_tensors_are_stored_in_float16_unless_kept(demo, tmp_path):
+    """Embeddings, lm_head and norms of a float32 source go to float16 (as GPTQ/AWQ checkpoints
+    keep them); `keep_dtype` keeps float32. Packed tensors are the same either way."""
+    dtypes = {}
+    for keep in (False, True):
+        out = compress.quantize(demo[0], tmp_path / f"keep-{keep}", method="rtn", bits=4, keep_dtype=keep)
+        tensors = load_file(out / "model.safetensors")
+        dtypes[keep] = {name: tensor.dtype for name, tensor in tensors.items()}
+        assert read_manifest(out).parameters["keep_dtype"] is keep
+    assert dtypes[False]["model.embed_tokens.weight"] == torch.float16
+    assert dtypes[False]["model.norm.weight"] == torch.float16
+    assert dtypes[False]["model.layers.0.input_layernorm.weight"] == torch.float16
+    assert dtypes[True]["model.embed_tokens.weight"] == torch.float32
+    packed = [name for name in dtypes[True] if name.endswith((".qweight", ".scales"))]
+    assert packed and all(dtypes[False][name] == dtypes[True][name] for name in packed)
+    assert (
+        describe(tmp_path / "keep-False")["bits_per_weight"]
+        < describe(tmp_path / "keep-True")["bits_per_weight"]
+    )

@@ -53,6 +53,9 @@ class QuantizeConfig(BaseModel):
     device: str = "auto"
     #: rtn/gptq/awq: keep the model on disk and stream one block at a time within this budget ("4GB").
     max_memory: str | None = None
+    #: rtn/gptq/awq: keep unquantized tensors (embeddings, lm_head, norms) in the source's dtype;
+    #: by default a float32 source's are stored in float16, as GPTQ/AWQ checkpoints do.
+    keep_dtype: bool = False
 
     @model_validator(mode="after")
     def _bits_fit_method(self) -> QuantizeConfig:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from compress.checkpoint import DEFAULT_SHARD_BYTES, CheckpointReader, ShardWriter
+from compress.errors import CompressError
 from compress.modeling import (
     DecoderLayout,
     ModelSource,
@@ -130,7 +131,19 @@ class PackedWriter:
         self._outside = [name for name in model.state_dict() if not name.startswith(f"{self.blocks_path}.")]
 
     def _stored_dtype(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to(self.reader.dtype(name)) if name in self.reader else tensor
+        """An unquantized tensor as the artifact stores it: float16 where the source has float32
+        (bfloat16 and float16 sources keep theirs), unless `keep_dtype`."""
+        source_dtype = self.reader.dtype(name) if name in self.reader else tensor.dtype
+        dtype = source_dtype
+        if source_dtype == torch.float32 and not self.config.keep_dtype:
+            dtype = torch.float16
+        stored = tensor.to(dtype)
+        if dtype == torch.float16 and not torch.isfinite(stored).all():
+            raise CompressError(
+                f"{name} has values beyond float16's range (±65504); pass --keep-dtype to store it in "
+                f"{str(source_dtype).removeprefix('torch.')}"
+            )
+        return stored
 
     def write_block(self, index: int, block: nn.Module, results: list[LayerResult]) -> None:
         prefix = f"{self.blocks_path}.{index}."
@@ -152,7 +165,7 @@ class PackedWriter:
         `quantization_config` written."""
         for name in self._outside:
             if name in self.reader:  # tied `lm_head.weight` is not stored, as transformers saves it
-                self.shards.add(name, self.reader.get(name))
+                self.shards.add(name, self._stored_dtype(name, self.reader.get(name)))
         self.shards.finish()
         quantization = quantization_config_for(self.config, self.fmt, results, self.blocks_path)
         load_config(self.source).save_pretrained(self.directory)
