@@ -230,6 +230,20 @@ def eval_command(
         help="Dtype quality is scored in: auto (as each model runs: bfloat16 kernels for packed "
         "artifacts) or float32 (exact comparisons). Speed and memory are always the runtime's.",
     ),
+    kld_store: str | None = typer.Option(
+        None,
+        "--kld-store",
+        help="Baseline store for KLD: topk (default; K tokens per position plus a tail bucket) or full.",
+    ),
+    kld_topk: int | None = typer.Option(
+        None, "--kld-topk", help="Top tokens per position kept (default 32)."
+    ),
+    kld_tail_samples: int | None = typer.Option(
+        None, "--kld-tail-samples", help="Tail tokens sampled per position (default 224; 0: one bucket)."
+    ),
+    max_store: str | None = typer.Option(
+        None, "--max-store", help="Refuse a baseline store larger than this (e.g. 2GB), before any work."
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Re-evaluate even when cached results match."),
 ) -> None:
     """Score artifacts against a baseline with the shared harness; exit 1 when a gate fails."""
@@ -248,6 +262,10 @@ def eval_command(
         "metrics": _split(metrics),
         "tasks": _split(tasks),
         "dtype": dtype,
+        "kld_store": kld_store,
+        "kld_topk": kld_topk,
+        "kld_tail_samples": kld_tail_samples,
+        "max_store": max_store,
     }
     chosen = load_suite(suite).model_copy(update={k: v for k, v in overrides.items() if v is not None})
     try:

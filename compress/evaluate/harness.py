@@ -33,9 +33,10 @@ from compress.evaluate.results import (
     store_result,
 )
 from compress.evaluate.scoring import BaselineStore, score_pass, write_baseline_store
-from compress.evaluate.suite import Suite
+from compress.evaluate.suite import StoreLayout, Suite
 from compress.modeling import ModelSource, load_tokenizer, resolve_device, resolve_model, tokenizers_match
 from compress.quantize.runtime import runtime_summary
+from compress.render import format_bytes
 from compress.telemetry import PhaseTimer
 from compress.version import __version__
 
@@ -63,6 +64,7 @@ class _Context:
     tokenizer: Any
     baseline_source: ModelSource
     price_per_hour: float | None
+    layout: StoreLayout  # how the baseline's distributions are stored (full, or top K + tail)
     store: BaselineStore | None = None  # the baseline's log-probs, read by artifact passes
     store_dir: Path | None = None  # where the baseline's pass writes them, when it must
     baseline: ModelResult | None = None
@@ -111,7 +113,7 @@ def _score(model: nn.Module, windows: TokenWindows, context: _Context, with_kld:
     if context.store_dir is not None:
         meta = {"baseline": context.baseline_source.sha256, "data": windows.fingerprint.as_dict()}
         return write_baseline_store(
-            model, windows.input_ids, suite.batch_size, context.store_dir, suite.baseline_dtype, meta
+            model, windows.input_ids, suite.batch_size, context.store_dir, context.layout, meta
         )
     store = context.store if with_kld else None
     return score_pass(model, windows.input_ids, suite.batch_size, store, "scoring")
@@ -268,7 +270,7 @@ def _baseline_paths(context: _Context) -> tuple[Path, Path]:
         "baseline": context.baseline_source.sha256,
         "data": context.windows.fingerprint.sha256,
         "dtype": suite.dtype,
-        "storage": suite.baseline_dtype,
+        "storage": context.layout.describe(),
         "batch": suite.batch_size,
         "tool": __version__,
     }
@@ -276,6 +278,26 @@ def _baseline_paths(context: _Context) -> tuple[Path, Path]:
     result_key = hashlib.sha256(f"{store_key}:{suite.fingerprint()}".encode()).hexdigest()[:24]
     root = cache_root() / "eval"
     return root / "results" / f"{result_key}.json", root / "baselines" / store_key
+
+
+def _vocab_size(source: ModelSource) -> int:
+    """The width of the model's logits, from its config (text config for multimodal wrappers)."""
+    config = json.loads((source.path / "config.json").read_text())
+    return int(config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size") or 0)
+
+
+def _check_store_budget(suite: Suite, layout: StoreLayout, windows: TokenWindows, vocab: int) -> None:
+    """A store over `--max-store` is refused before any work, with what would make it fit."""
+    budget = suite.max_store_bytes
+    if budget is None or "kld" not in suite.metrics:
+        return
+    windows_count, length = windows.input_ids.shape
+    need = windows_count * (length - 1) * layout.bytes_per_position(vocab)
+    if need > budget:
+        raise CompressError(
+            f"the baseline store ({layout.describe()}) would take {format_bytes(need)}, over --max-store "
+            f"{suite.max_store}; use --kld-store topk, a smaller --kld-topk, or fewer --max-tokens"
+        )
 
 
 def _evaluate_baseline(context: _Context, reuse: bool) -> ModelResult:
@@ -293,6 +315,11 @@ def _evaluate_baseline(context: _Context, reuse: bool) -> ModelResult:
         finally:
             context.store_dir = None
         write_text_atomic(result_file, result.model_dump_json(indent=2))
+        if needs_store:
+            size = sum(f.stat().st_size for f in store_dir.iterdir())
+            console.notice(
+                f"baseline store: {format_bytes(size)} ({context.layout.describe()}) in {store_dir}"
+            )
     context.store = store if needs_store else None
     return result
 
@@ -328,7 +355,12 @@ def evaluate(request: EvalRequest) -> tuple[EvalReport, list[str]]:
         console.notice(f"seq_len {seq_len} exceeds the baseline's {limit} positions; using {limit}")
         seq_len = limit
     windows = sequential_windows(tokenizer, suite.data, seq_len, suite.max_tokens)
-    context = _Context(suite, request.device, windows, tokenizer, baseline_source, request.price_per_hour)
+    vocab = _vocab_size(baseline_source)
+    layout = suite.store_layout(vocab)
+    _check_store_budget(suite, layout, windows, vocab)
+    context = _Context(
+        suite, request.device, windows, tokenizer, baseline_source, request.price_per_hour, layout
+    )
     context.baseline = _evaluate_baseline(context, request.reuse)
 
     gates = [*suite.gates, *request.extra_gates]

@@ -1,9 +1,11 @@
 """One streaming pass over the eval windows: per-window NLL, and divergence from a stored baseline.
 
-The baseline's pass writes its next-token log-probabilities to a `BaselineStore` on disk, one
+The baseline's pass writes its next-token distributions to a `BaselineStore` on disk, one
 safetensors chunk per batch; each artifact's pass reads the chunk of the same batch back and
 compares position by position. Only one batch of logits is in memory at a time, and N artifacts
-cost one baseline pass, not N.
+cost one baseline pass, not N. The store keeps either the full log-probabilities (tokens × vocab,
+77 GB for WikiText-2 at a 128k vocabulary in fp16) or, by default, each position's top K
+(`divergence.TopK`: 2 KB by default, whatever the vocabulary).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from torch import nn
 
 from compress import console
 from compress.artifact import staged_directory
-from compress.evaluate.divergence import DivergenceAccumulator
+from compress.evaluate.divergence import DivergenceAccumulator, TopK
+from compress.evaluate.suite import StoreLayout
 
 STORE_MARKER = "store.json"
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -32,7 +35,7 @@ class PassResult:
 
 
 class BaselineStore:
-    """A baseline's log-probabilities over one set of windows, cached in a directory."""
+    """A baseline's next-token distributions over one set of windows, cached in a directory."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -43,8 +46,43 @@ class BaselineStore:
     def meta(self) -> dict:
         return json.loads((self.directory / STORE_MARKER).read_text())
 
-    def chunk(self, index: int) -> torch.Tensor:
-        return load_file(self.directory / f"chunk_{index:05d}.safetensors")["log_probs"].float()
+    def rows(self, index: int, device: torch.device) -> list[torch.Tensor | TopK]:
+        """Batch `index`, one entry per window: full log-probs [positions, vocab], or a `TopK`."""
+        chunk = load_file(self.directory / f"chunk_{index:05d}.safetensors", device=str(device))
+        if "log_probs" in chunk:
+            return list(chunk["log_probs"].float())
+        columns = [chunk[f"topk.{name}"] for name in _TOPK_FIELDS]
+        columns = [column.long() if column.dtype == torch.int32 else column for column in columns]
+        return [TopK(*row) for row in zip(*columns, strict=True)]
+
+
+#: The `TopK` fields a top-K chunk stores, [batch, positions, …] each; indices as int32.
+_TOPK_FIELDS = (
+    "index",
+    "log_probs",
+    "argmax",
+    "target_log_prob",
+    "tail_log_mass",
+    "tail_index",
+    "tail_log_probs",
+)
+
+
+def _chunk(log_probs: torch.Tensor, targets: torch.Tensor, layout: StoreLayout, generator) -> dict:
+    """One batch as the store keeps it (`StoreLayout.bytes_per_position` per scored position)."""
+    if layout.topk is None:
+        dtype = _STORAGE_DTYPES[layout.storage_dtype]
+        return {"log_probs": log_probs.to(dtype).cpu().contiguous()}
+    batch, positions, vocab = log_probs.shape
+    top = TopK.of(
+        log_probs.reshape(-1, vocab), targets.reshape(-1), layout.topk, layout.tail_samples, generator
+    )
+    chunk = {}
+    for name in _TOPK_FIELDS:
+        value = getattr(top, name)
+        value = value.to(torch.int32) if value.dtype == torch.long else value
+        chunk[f"topk.{name}"] = value.reshape(batch, positions, *value.shape[1:]).cpu().contiguous()
+    return chunk
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -84,9 +122,8 @@ def score_pass(
             log_probs = _batch_log_probs(model, batch)
             sums.append(_nll(log_probs, targets))
             if divergence is not None:
-                base = baseline.chunk(index).to(log_probs.device)
-                for row in range(batch.shape[0]):
-                    divergence.add(base[row], log_probs[row], targets[row])
+                for row, base in enumerate(baseline.rows(index, log_probs.device)):
+                    divergence.add(base, log_probs[row], targets[row])
             bar.update(task, advance=1)
     return PassResult(torch.cat(sums), divergence)
 
@@ -97,11 +134,12 @@ def write_baseline_store(
     input_ids: torch.Tensor,
     batch_size: int,
     directory: Path,
-    storage_dtype: str,
+    layout: StoreLayout,
     meta: dict,
 ) -> PassResult:
-    """The baseline's pass: per-window NLL, with every batch's log-probs written to `directory`."""
-    dtype = _STORAGE_DTYPES[storage_dtype]
+    """The baseline's pass: per-window NLL, with every batch's distributions written to
+    `directory` as `layout` says (tail samples drawn from one seeded generator: reproducible)."""
+    generator = torch.Generator().manual_seed(0)
     sums = []
     batches = range(0, input_ids.shape[0], batch_size)
     with staged_directory(directory, force=True, marker=STORE_MARKER) as staging, console.progress() as bar:
@@ -109,12 +147,13 @@ def write_baseline_store(
         for index, start in enumerate(batches):
             batch = input_ids[start : start + batch_size]
             log_probs = _batch_log_probs(model, batch)
-            sums.append(_nll(log_probs, batch[:, 1:].to(log_probs.device)))
-            chunk = {"log_probs": log_probs.to(dtype).cpu().contiguous()}
+            targets = batch[:, 1:].to(log_probs.device)
+            sums.append(_nll(log_probs, targets))
+            chunk = _chunk(log_probs, targets, layout, generator)
             save_file(chunk, staging / f"chunk_{index:05d}.safetensors")
             bar.update(task, advance=1)
         window_nll = torch.cat(sums)
-        record = {**meta, "batch_size": batch_size, "storage_dtype": storage_dtype}
+        record = {**meta, "batch_size": batch_size, "layout": layout.describe()}
         record["window_nll"] = window_nll.tolist()
         (staging / STORE_MARKER).write_text(json.dumps(record))
     return PassResult(window_nll, None)

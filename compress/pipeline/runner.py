@@ -56,12 +56,17 @@ def default_run_dir(loaded: RecipeFile) -> Path:
 
 
 def _base_model(reference: str, build: bool) -> ModelSource | None:
-    """The recipe's model; a built-in demo model is trained first when missing (unless `build` is off)."""
+    """The recipe's model; a built-in model is trained or fetched first when missing (unless
+    `build` is off)."""
     if reference not in BUILTIN_MODELS:
         return resolve_model(reference)
+    if reference == "builtin:smollm2":
+        from compress.realmodel import smollm2_gguf
+
+        return resolve_model(smollm2_gguf())  # the lineage records the GGUF it came from
     from compress.demo import RECORD_NAME, demo_model, demo_model_dir
 
-    fast = BUILTIN_MODELS[reference]
+    fast = reference == "builtin:demo-fast"
     if not build and not (demo_model_dir(fast) / RECORD_NAME).is_file():
         return None
     return resolve_model(demo_model(fast=fast)[0])

@@ -28,8 +28,9 @@ from compress.quantize.config import CALIBRATED_METHODS, DEFAULT_METHOD_FOR_BITS
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 #: The recipe's own model, as stages (`from:`, `teacher:`) and the eval baseline refer to it.
 BASE = "base"
-#: Built-in models a recipe can name without a hub: the demo model, full and at the test budget.
-BUILTIN_MODELS = {"builtin:demo": False, "builtin:demo-fast": True}  # value: the `fast` flag
+#: Built-in models a recipe can name without a hub: the demo model, full and at the test budget,
+#: and SmolLM2-135M from its PyPI wheel (`compress.realmodel`).
+BUILTIN_MODELS = ("builtin:demo", "builtin:demo-fast", "builtin:smollm2")
 OPS = ("quantize", "prune", "distill")
 #: Stage and recipe names become directory names.
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"

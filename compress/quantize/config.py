@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.errors import CompressError
+from compress.sizes import parse_size
 
 Method = Literal["fp16", "bf16", "int8", "nf4", "fp4", "rtn", "gptq", "awq"]
 
@@ -75,18 +76,7 @@ class QuantizeConfig(BaseModel):
     @property
     def max_memory_bytes(self) -> int | None:
         """`--max-memory` in bytes ("4GB", "512MiB", or a plain number of bytes)."""
-        if self.max_memory is None:
-            return None
-        from accelerate.utils import convert_file_size_to_int
-
-        text = self.max_memory.strip()
-        try:
-            size = int(text) if text.isdigit() else convert_file_size_to_int(text)
-        except (ValueError, TypeError):
-            size = -1
-        if size <= 0:
-            raise ValueError(f"--max-memory '{self.max_memory}' is not a size such as 4GB or 512MiB")
-        return size
+        return None if self.max_memory is None else parse_size(self.max_memory, "--max-memory")
 
     @property
     def symmetric(self) -> bool:
