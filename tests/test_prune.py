@@ -147,3 +147,19 @@ def test_prune_refuses_unsupported_and_quantized(run_cli, tiny_model_dir, tmp_pa
     (other / "config.json").write_text(json.dumps({**config, "model_type": "gpt_neox"}))
     code, _, err = run_cli("prune", other, "--mlp", "0.5", "-o", tmp_path / "c")
     assert_one_line_error(code, err, "unsupported architecture")
+
+
+@pytest.mark.parametrize(
+    ("width", "fraction", "kept"), [(1536, 0.1, 1408), (1536, 0.3, 1088), (344, 0.5, 172)]
+)
+def test_a_fractional_mlp_target_keeps_kernel_friendly_widths(width, fraction, kept):
+    """SmolLM2's 1536 − 10% would be 1382 = 2 × 691 (groups of 2 at 4 bits); a width that was a
+    multiple of 64 stays one. The demo's 344 (not a multiple of 64) is cut as asked."""
+    from transformers import LlamaConfig
+
+    from compress.prune.plan import PruneConfig, plan_sizes
+
+    config = LlamaConfig(
+        hidden_size=576, intermediate_size=width, num_attention_heads=9, num_key_value_heads=3
+    )
+    assert plan_sizes(PruneConfig(mlp=fraction), config).intermediate_size == kept

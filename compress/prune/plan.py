@@ -2,8 +2,9 @@
 
 Targets are fractions to remove (`--mlp 0.3` removes 30% of the MLP channels) or absolute sizes
 (`--mlp-size 1024`, `--heads-keep 6`, `--layers-keep 10`); `--layers N` removes N blocks. Sizes are
-uniform across layers so the result is a standard config; which units go is chosen per layer (per
-model for the hidden size) by importance.
+uniform across layers so the result is a standard config; a fractional MLP target keeps a width
+that was a multiple of 64 one (so quantization groups and kernels still fit it); which units go is
+chosen per layer (per model for the hidden size) by importance.
 """
 
 from __future__ import annotations
@@ -131,6 +132,15 @@ def _hidden_multiple(g: Geometry, num_heads: int | None) -> int:
     return heads if g.model_type in HIDDEN_DIVISIBLE_BY_HEADS else 1
 
 
+#: A fractional MLP target keeps a width that was a multiple of this one (widths of at least 16
+#: multiples: small test models are cut exactly as asked).
+KERNEL_WIDTH_MULTIPLE = 64
+
+
+def _keeps_kernel_width(width: int) -> bool:
+    return width % KERNEL_WIDTH_MULTIPLE == 0 and width >= 16 * KERNEL_WIDTH_MULTIPLE
+
+
 def _round_to(size: int, multiple: int, limit: int) -> int:
     """The multiple of `multiple` nearest to `size`, at least one multiple and at most `limit`."""
     rounded = max(multiple, round(size / multiple) * multiple)
@@ -142,6 +152,11 @@ def plan_sizes(config: PruneConfig, model_config) -> Sizes:
     arch, g = architecture(model_config), config_geometry(model_config)
     num_heads, num_kv_heads = _head_sizes(config, g, arch)
     mlp_removed = _removed(config.mlp, config.mlp_size, g.intermediate_size, "MLP channels")
+    if config.mlp is not None and mlp_removed and _keeps_kernel_width(g.intermediate_size):
+        # Keep the width a multiple of 64, as it was: quantization groups and kernels need it
+        # (SmolLM2's 1536 − 10% = 1382 = 2 × 691 would leave groups of 2).
+        kept = _round_to(g.intermediate_size - mlp_removed, KERNEL_WIDTH_MULTIPLE, g.intermediate_size)
+        mlp_removed = g.intermediate_size - kept or mlp_removed
     hidden_removed = _removed(config.hidden, config.hidden_size, g.hidden_size, "hidden channels")
     if config.hidden is not None and hidden_removed:
         hidden_removed = g.hidden_size - _round_to(

@@ -134,7 +134,9 @@ def _packed(
         from compress.quantize.awq import check_supported
 
         check_supported(model.config.model_type)
-    fmt = packed_format(config, layer_shapes(layout, config))
+    shapes = layer_shapes(layout, config)
+    _note_small_groups(shapes)
+    fmt = packed_format(config, shapes)
     if config.method == "awq" and fmt != "awq":
         console.notice("the AWQ GEMM layout cannot hold these layer widths; writing the GPTQ layout instead")
     windows = None
@@ -176,6 +178,24 @@ def _packed(
     extra = {"layers": {r.name: {"group_size": r.group_size, **r.stats} for r in results}}
     calibration = windows.fingerprint.as_dict() if windows is not None else None
     return _Produced(model, FORMATS[fmt], calibration, extra)
+
+
+#: Below this group size a layer's scales and zero points cost more bits than its weights, and
+#: no kernel takes it (padding it to 32 would more than double it).
+SMALL_GROUP = 16
+
+
+def _note_small_groups(shapes: list[tuple[int, int, int]]) -> None:
+    """One line when a width forces tiny groups (1382 = 2 × 691: groups of 2), which are large on
+    disk and slow at run time, with what avoids it."""
+    small = sorted({(width, group) for width, _, group in shapes if group < SMALL_GROUP})
+    if small:
+        widths = ", ".join(f"{width} → groups of {group}" for width, group in small)
+        console.notice(
+            f"input widths with no divisor between {SMALL_GROUP} and the group size ({widths}) get tiny "
+            "groups: large on disk and run on the slow path; use --group-size -1, or widths that are "
+            "multiples of 64 (compress prune --mlp keeps them so)"
+        )
 
 
 def quantize(
