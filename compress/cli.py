@@ -233,7 +233,7 @@ def eval_command(
     kld_store: str | None = typer.Option(
         None,
         "--kld-store",
-        help="Baseline store for KLD: topk (default; K tokens per position plus a tail bucket) or full.",
+        help="Baseline store for KLD: topk (default; top K tokens plus sampled tail per position) or full.",
     ),
     kld_topk: int | None = typer.Option(
         None, "--kld-topk", help="Top tokens per position kept (default 32)."

@@ -23,7 +23,7 @@ from compress.data import TokenWindows, sequential_windows
 from compress.errors import CompressError
 from compress.evaluate.compare import comparison_rows, markdown_table
 from compress.evaluate.gates import check_gate, parse_gate
-from compress.evaluate.loaders import artifact_format, load_for_eval
+from compress.evaluate.loaders import DENSE_FORMAT, artifact_format, load_for_eval
 from compress.evaluate.perplexity import summarize
 from compress.evaluate.results import (
     EvalReport,
@@ -137,6 +137,17 @@ def _measure(model: nn.Module, tokenizer, context: _Context, windows: TokenWindo
     return metrics
 
 
+def _runs_as_scored(source: ModelSource, dtype: str) -> bool:
+    """Whether the model scored in `dtype` is already the one the runtime would load: `auto`, or
+    a dense checkpoint stored in that very dtype (a float32 baseline under the quick suite)."""
+    if dtype == "auto":
+        return True
+    if artifact_format(source) != DENSE_FORMAT:
+        return False
+    config = json.loads((source.path / "config.json").read_text())
+    return (config.get("dtype") or config.get("torch_dtype")) == dtype
+
+
 def _measure_speed(model: nn.Module, role: str, context: _Context, vocab_size: int) -> dict:
     """Speed on the runtime path; an artifact's is timed side by side with the baseline's (same
     process, same prompts, repeats interleaved), and its ratios come from those same rounds."""
@@ -226,7 +237,7 @@ def _evaluate_model(source: ModelSource, role: str, context: _Context) -> ModelR
     with timer.phase("evaluate"):
         metrics = _measure(model, tokenizer, context, windows, with_kld)
     runtime = {"quality_dtype": runtime_summary(model)["dtype"]}
-    if suite.dtype != "auto" and {"speed", "memory"} & set(suite.metrics):
+    if not _runs_as_scored(source, suite.dtype) and {"speed", "memory"} & set(suite.metrics):
         del model  # speed and memory are the runtime's: reload as the artifact would run
         with timer.phase("load runtime"):
             model = load_for_eval(source, context.device, "auto")
