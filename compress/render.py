@@ -8,6 +8,13 @@ from rich.console import Group
 from rich.table import Table
 
 
+def kernel_counts(layers: dict[str, int], notes: dict[str, int]) -> str:
+    """`210 int4pack-cpu (30 with groups of 86 padded to 128)`: layers per kernel, then why some differ."""
+    text = ", ".join(f"{count} {kernel}" for kernel, count in layers.items())
+    reasons = "; ".join(f"{count} with {note}" for note, count in notes.items())
+    return text + (f" ({reasons})" if reasons else "")
+
+
 def format_bytes(count: int | None) -> str:
     if count is None:
         return "-"
@@ -77,10 +84,11 @@ def inspect_view(info: dict[str, Any]) -> Group:
             )
         )
         kernels = packed["kernels"]
-        layers = ", ".join(f"{count} {kernel}" for kernel, count in kernels["layers"].items())
-        notes = "; ".join(f"{count} with {note}" for note, count in kernels["notes"].items())
         rows.append(
-            (f"kernels ({kernels['device']}, {kernels['dtype']})", layers + (f" ({notes})" if notes else ""))
+            (
+                f"kernels ({kernels['device']}, {kernels['dtype']})",
+                kernel_counts(kernels["layers"], kernels["notes"]),
+            )
         )
     parts: list[Any] = [_key_value_table("Model", rows)]
     manifest = info.get("manifest")

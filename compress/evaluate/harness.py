@@ -36,7 +36,7 @@ from compress.evaluate.scoring import BaselineStore, score_pass, write_baseline_
 from compress.evaluate.suite import StoreLayout, Suite
 from compress.modeling import ModelSource, load_tokenizer, resolve_device, resolve_model, tokenizers_match
 from compress.quantize.runtime import runtime_summary
-from compress.render import format_bytes
+from compress.render import format_bytes, kernel_counts
 from compress.telemetry import PhaseTimer
 from compress.version import __version__
 
@@ -166,12 +166,9 @@ def _measure_speed(model: nn.Module, role: str, context: _Context, vocab_size: i
 
 
 def _runtime_notice(name: str, runtime: dict) -> None:
-    kernels = ", ".join(f"{count} {kernel}" for kernel, count in runtime["kernels"].items())
-    notes = "; ".join(f"{count} with {note}" for note, count in runtime.get("kernel_notes", {}).items())
-    if kernels:
-        console.notice(
-            f"{name}: runs in {runtime['dtype']}; layers: {kernels}" + (f" ({notes})" if notes else "")
-        )
+    if runtime["kernels"]:
+        layers = kernel_counts(runtime["kernels"], runtime.get("kernel_notes", {}))
+        console.notice(f"{name}: runs in {runtime['dtype']}; layers: {layers}")
 
 
 def _ppl_metrics(ppl, context: _Context) -> dict[str, Any]:

@@ -232,8 +232,7 @@ class Int4PackKernel(WeightOnlyKernel):
         """
         rows, columns = self.weight.shape[0], x.shape[1]
         blocks, groups = rows // 64, columns // self.kernel_group
-        runs = self.weight.view(blocks, columns, 32)
-        weight = torch.cat([runs & 0x0F, runs >> 4], dim=2).to(self.dtype).sub_(INT4_ZERO)
+        weight = _cpu_int4_blocks(self.weight).to(self.dtype).sub_(INT4_ZERO)
         operands = self.scales_and_zeros.view(groups, blocks, 1, 64, 2).transpose(0, 1)  # [b, g, 1, 64, 2]
         scales, zeros = operands[..., 0].contiguous(), operands[..., 1].contiguous()
         weight.view(blocks, groups, self.kernel_group, 64).mul_(scales).add_(zeros)
@@ -266,14 +265,17 @@ class Int8PackKernel(WeightOnlyKernel):
         return (y.float() + x.float().sum(dim=-1, keepdim=True) * self.offset).to(y.dtype)
 
 
+def _cpu_int4_blocks(packed: torch.Tensor) -> torch.Tensor:
+    """The integers of `_convert_weight_to_int4pack_for_cpu`'s uint8 layout in its own block order,
+    [out/64, in, 64] (torch 2.13, `out` a multiple of 64): bytes run [out/64][in][32], byte j of a
+    run holding output row j in its low nibble and row 32 + j in its high nibble."""
+    runs = packed.view(packed.shape[0] // 64, -1, 32)
+    return torch.cat([runs & 0x0F, runs >> 4], dim=2)
+
+
 def _unpack_cpu_int4(packed: torch.Tensor) -> torch.Tensor:
-    """[out, in] int32 from `_convert_weight_to_int4pack_for_cpu`'s uint8 layout (torch 2.13,
-    `out` a multiple of 64): bytes run [out/64][in][32], byte j of a run holding output row j in
-    its low nibble and row 32 + j in its high nibble."""
-    rows = packed.shape[0]
-    runs = packed.view(rows // 64, -1, 32)
-    nibbles = torch.cat([runs & 0x0F, runs >> 4], dim=2)  # [out/64, in, 64]
-    return nibbles.transpose(1, 2).reshape(rows, -1).to(torch.int32)
+    """[out, in] int32 from the CPU layout (see `_cpu_int4_blocks`)."""
+    return _cpu_int4_blocks(packed).transpose(1, 2).reshape(packed.shape[0], -1).to(torch.int32)
 
 
 def build_kernel(
