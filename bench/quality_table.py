@@ -1,11 +1,13 @@
 """Every quantization method at 8, 4 and 3 bits on a trained model: quality, size and time.
 
-For each (method, bits): quantize through the Python API (wall time measured), then score every
-artifact with the shared harness against the fp32 model on held-out text: KLD mean, same top-1,
-perplexity, weight bytes, bits per weight. Prints a markdown table (the README's).
+For each (method, bits): quantize through the Python API in a fresh interpreter (wall time and that
+run's own peak RSS, see `bench/quantize.py`), then score every artifact with the shared harness
+against the fp32 model on held-out text: KLD mean, same top-1, perplexity, weight bytes, bits per
+weight. Prints a markdown table (the README's).
 
     python bench/quality_table.py --model demo           # the full demo model, stdlib text
     python bench/quality_table.py --model stories260K    # ../shared/models/stories260K, TinyStories
+    python bench/quality_table.py --model smollm2        # SmolLM2-135M (compress.realmodel), TinyStories
 
 TinyStories: the first 500 stories are the eval text and the last 500 the calibration text, so
 the two never overlap. Demo model: `builtin:python-stdlib` train (calibration) and heldout (eval).
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
+
+from quantize import run as quantize_in_subprocess
 
 import compress
 from compress import console
@@ -56,7 +59,7 @@ def _packed_bits(path: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["demo", "stories260K"], default="demo")
+    parser.add_argument("--model", choices=["demo", "stories260K", "smollm2"], default="demo")
     parser.add_argument("--calib-samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=256)
     args = parser.parse_args()
@@ -66,19 +69,27 @@ def main() -> None:
         model = str(compress.demo_model(fast=False)[0])
         calib, data = "builtin:python-stdlib:train", "builtin:python-stdlib:heldout"
     else:
-        model = str(SHARED / "models" / "stories260K")
+        if args.model == "smollm2":
+            from compress.realmodel import smollm2_dir
+
+            model = str(smollm2_dir())
+        else:
+            model = str(SHARED / "models" / "stories260K")
         calib, data = _stories_split(work)
-    artifacts, times = [], {}
+    artifacts, figures = [], {}
     for method, bits, options in PLAN:
         out = work / f"{method}-{bits}"
-        start = time.perf_counter()
-        compress.quantize(
-            model, out, method=method, bits=bits, calib=calib, calib_samples=args.calib_samples,
-            seq_len=args.seq_len, device="cpu", **options,
-        )  # fmt: skip
-        times[out.name] = time.perf_counter() - start
+        run = quantize_in_subprocess(
+            Path(model), out, method, bits, args.calib_samples, args.seq_len, calib, **options
+        )
+        if "error" in run:
+            raise SystemExit(f"{out.name} failed: {run['error']}")
+        figures[out.name] = run
         artifacts.append(str(out))
-        print(f"quantized {out.name} in {times[out.name]:.1f} s", flush=True)
+        print(
+            f"quantized {out.name} in {run['wall_s']:.1f} s, peak RSS {run['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
     suite = Suite(
         name="quality", metrics=["ppl", "kld", "size"], data=data, seq_len=args.seq_len,
         max_tokens=64 * args.seq_len, dtype="float32", baseline_dtype="float32",
@@ -87,15 +98,19 @@ def main() -> None:
     base = report.baseline.metrics
     size = base["size"]["weight_bytes"]
     print(f"\n{args.model}: baseline ppl {base['ppl']['value']:.4f}, {size:,} weight bytes\n")
-    print("| method | bits | KLD mean | same top-1 | ppl | weight bytes | bits/w | packed b/w | quantize s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| method | bits | KLD mean | same top-1 | ppl | weight bytes | bits/w | packed b/w | quantize s | "
+        "peak RSS MiB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for result in report.results:
         m = result.metrics
         print(
             f"| {result.method} | {result.name.split('-')[1]} | {m['kld']['mean']:.5f} | "
             f"{m['same_top1']:.4f} | "
             f"{m['ppl']['value']:.4f} | {m['size']['weight_bytes']:,} | {m['size']['bits_per_weight']:.2f} | "
-            f"{_packed_bits(result.path)} | {times[result.name]:.1f} |"
+            f"{_packed_bits(result.path)} | {figures[result.name]['wall_s']:.1f} | "
+            f"{figures[result.name]['peak_rss_mib']:.0f} |"
         )
 
 

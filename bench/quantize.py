@@ -13,7 +13,11 @@ width on both sides), beside a compress GPTQ run with those settings; both artif
 by compress's own loader and scored by KLD against the float32 model on held-out windows. The ratio
 of wall times is the figure (goal: compress at most half of gptqmodel's time at equal or lower KLD).
 
-    python bench/quantize.py [--samples 32 --seq-len 256 --layers 12]
+    python bench/quantize.py [--samples 32 --seq-len 256 --layers 12] [--models gpt2,demo,smollm2]
+                             [--no-streaming]
+
+`smollm2` is the real SmolLM2-135M (`compress.realmodel`); its per-method costs and quality are in
+`bench/quality_table.py --model smollm2`, so here it joins the gptqmodel comparison only.
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ print(json.dumps({"wall_s": time.perf_counter() - start,
 )
 # Group sizes both tools accept and that divide every quantized width: GPT-2 small's 768 and 3072
 # take 128; the demo model's 256 and 688 (= 16 x 43) only 16 of gptqmodel's torch-kernel sizes.
-COMPARISON_GROUP_SIZE = {"gpt2-small (random)": 128, "demo (trained)": 16}
+# SmolLM2's 576 and 1536 take 64.
+COMPARISON_GROUP_SIZE = {"gpt2-small (random)": 128, "demo (trained)": 16, "SmolLM2-135M": 64}
 HELDOUT = "builtin:python-stdlib:heldout"
 HELDOUT_WINDOWS = 16
 METHODS = [("fp16", 16), ("int8", 8), ("nf4", 4), ("rtn", 4), ("gptq", 4), ("awq", 4)]
@@ -299,13 +304,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--layers", type=int, default=12, help="GPT-2 blocks (12 = GPT-2 small)")
+    parser.add_argument("--models", default="gpt2,demo", help="comma-separated: gpt2, demo, smollm2")
+    parser.add_argument("--no-streaming", action="store_true", help="skip the --max-memory run")
     args = parser.parse_args()
     from compress.demo import demo_model
 
+    chosen = set(args.models.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        gpt2_small(root / "gpt2", args.layers)
-        models = {"gpt2-small (random)": root / "gpt2", "demo (trained)": demo_model(fast=False)[0]}
+        models: dict[str, Path] = {}
+        if "gpt2" in chosen:
+            gpt2_small(root / "gpt2", args.layers)
+            models["gpt2-small (random)"] = root / "gpt2"
+        if "demo" in chosen:
+            models["demo (trained)"] = demo_model(fast=False)[0]
         print(f"calibration: {args.samples} × {args.seq_len} tokens of {CALIBRATION}; 2 CPU threads\n")
         print("| model | method | bits | wall s | peak RSS MiB |")
         print("|---|---|---:|---:|---:|")
@@ -320,8 +332,13 @@ def main() -> None:
                 else:
                     wall, peak = figures["wall_s"], figures["peak_rss_mib"]
                     print(f"| {label} | {method} | {bits} | {wall:.1f} | {peak:.0f} |")
+        if "smollm2" in chosen:
+            from compress.realmodel import smollm2_dir
+
+            models["SmolLM2-135M"] = smollm2_dir()
         compare_gptqmodel(models, root, args.samples, args.seq_len)
-        bench_streaming(root, min(args.samples, 16), args.seq_len)
+        if not args.no_streaming:
+            bench_streaming(root, min(args.samples, 16), args.seq_len)
 
 
 if __name__ == "__main__":

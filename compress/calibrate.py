@@ -6,6 +6,11 @@ collect statistics through forward hooks on its linear layers, let the technique
 block, and run the *transformed* block to produce the next block's inputs. Inside a block, layers
 are visited in "true sequential" order: the layers that read the same input form a stage, and each
 stage's statistics come from a forward pass through the already-transformed earlier stages.
+
+Two things keep that affordable on a CPU. A forward that collects a stage's inputs stops as soon
+as every layer of the stage has seen its input (the q/k/v stage costs a norm, not a block), and
+block forwards may run their matmuls in bfloat16 (autocast; weights and the hidden states between
+blocks stay float32), which is how GPU tools calibrate and ×3–4 faster on CPUs with native bf16.
 """
 
 from __future__ import annotations
@@ -28,10 +33,16 @@ class _StopForward(Exception):
 
 @dataclass
 class BlockInputs:
-    """Inputs of the current block, one entry per calibration batch."""
+    """Inputs of the current block, one entry per calibration batch, and the dtype its matmuls
+    run in (float32: exact; bfloat16/float16: autocast)."""
 
     hidden: list[torch.Tensor]
     kwargs: list[dict[str, Any]]
+    dtype: torch.dtype = torch.float32
+
+    def autocast(self) -> torch.autocast:
+        device_type = self.hidden[0].device.type if self.hidden else "cpu"
+        return torch.autocast(device_type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -69,10 +80,11 @@ def _block_output(output: Any) -> torch.Tensor:
 
 @torch.inference_mode()
 def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
-    return [
-        _block_output(block(hidden, **kwargs))
-        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True)
-    ]
+    with inputs.autocast():
+        return [
+            _block_output(block(hidden, **kwargs)).to(hidden.dtype)
+            for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True)
+        ]
 
 
 @contextmanager
@@ -95,6 +107,30 @@ def record_inputs(
             handle.remove()
 
 
+@torch.inference_mode()
+def record_stage(
+    block: nn.Module,
+    inputs: BlockInputs,
+    layers: list[LinearLayer],
+    sink: Callable[[LinearLayer, torch.Tensor], None],
+) -> None:
+    """Run the block on every batch, handing `sink` the inputs of `layers`, and stop each forward
+    as soon as all of them have had theirs: nothing after the stage is computed."""
+    pending: set[str] = set()
+
+    def record(layer: LinearLayer, tensor: torch.Tensor) -> None:
+        sink(layer, tensor)
+        pending.discard(layer.name)
+        if not pending:
+            raise _StopForward
+
+    with record_inputs(layers, record), inputs.autocast():
+        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
+            pending.update(layer.name for layer in layers)
+            with suppress(_StopForward):
+                block(hidden, **kwargs)
+
+
 def sequential_stages(block: nn.Module, inputs: BlockInputs) -> list[list[LinearLayer]]:
     """The block's linear layers grouped by shared input, in execution order (one probe forward).
 
@@ -115,7 +151,7 @@ def sequential_stages(block: nn.Module, inputs: BlockInputs) -> list[list[Linear
         if layer not in first_seen[key]:
             first_seen[key].append(layer)
 
-    probe = BlockInputs(inputs.hidden[:1], inputs.kwargs[:1])
+    probe = BlockInputs(inputs.hidden[:1], inputs.kwargs[:1], inputs.dtype)
     with record_inputs(layers, sink):
         run_block(block, probe)
     stages, seen = [], set()
@@ -146,19 +182,22 @@ def calibrate_sequentially(
     description: str = "calibrating",
     before_block: BlockHook = no_hook,
     after_block: BlockHook = no_hook,
+    dtype: torch.dtype = torch.float32,
 ) -> None:
     """Drive `transform` over every block, feeding each block the outputs of the transformed previous one.
 
     `before_block` and `after_block` let a caller keep blocks on disk (stream them in, write and
-    free them once their outputs are computed), so only one block is resident at a time.
+    free them once their outputs are computed), so only one block is resident at a time. `dtype`
+    is what block forwards compute their matmuls in.
     """
     inputs = capture_block_inputs(model, layout, input_ids, batch_size)
+    inputs.dtype = dtype
     with console.progress() as bar:
         task = bar.add_task(description, total=len(layout.blocks), status="")
         for index, block in enumerate(layout.blocks):
             before_block(index, block)
             stages = sequential_stages(block, inputs)
             transform(index, block, inputs, stages)
-            inputs = BlockInputs(run_block(block, inputs), inputs.kwargs)
+            inputs = BlockInputs(run_block(block, inputs), inputs.kwargs, dtype)
             after_block(index, block)
             bar.update(task, advance=1, status=f"block {index + 1}/{len(layout.blocks)}")

@@ -119,6 +119,11 @@ def quantize(
     calib_samples: int = typer.Option(128, "--calib-samples", help="Calibration windows."),
     seq_len: int = typer.Option(2048, "--seq-len", help="Calibration window length (capped by the model)."),
     seed: int = typer.Option(0, "--seed", help="Calibration sampling seed."),
+    calib_dtype: str = typer.Option(
+        "auto",
+        "--calib-dtype",
+        help="gptq/awq: calibration forwards' matmul dtype: auto (bfloat16 where native), bfloat16, float32.",
+    ),
     double_quant: bool = typer.Option(False, "--double-quant", help="nf4/fp4: quantize the scales too."),
     compute_dtype: str = typer.Option(
         "bfloat16", "--compute-dtype", help="nf4/fp4: bfloat16, float16, float32."
@@ -162,6 +167,7 @@ def quantize(
         calib_samples=calib_samples,
         seq_len=seq_len,
         seed=seed,
+        calib_dtype=calib_dtype,
         double_quant=double_quant,
         compute_dtype=compute_dtype,
         max_memory=max_memory,

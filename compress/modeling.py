@@ -205,6 +205,21 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 matmuls natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs).
+
+    Elsewhere bfloat16 is emulated and slower than float32, so callers that pick it for speed
+    fall back to float32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpuinfo = Path("/proc/cpuinfo")
+    if device.type != "cpu" or not cpuinfo.is_file():
+        return False
+    flags = cpuinfo.read_text()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     """Map a dtype name to torch; `auto` keeps the checkpoint's own dtype."""
     if isinstance(dtype, torch.dtype) or dtype == "auto":

@@ -19,8 +19,7 @@ from compress.calibrate import (
     BlockInputs,
     calibrate_sequentially,
     no_hook,
-    record_inputs,
-    run_block,
+    record_stage,
 )
 from compress.errors import CompressError
 from compress.modeling import DecoderLayout, LinearLayer
@@ -149,8 +148,7 @@ def quantize_awq(
 
     def collect(block: nn.Module, inputs: BlockInputs, layers: list[LinearLayer]) -> dict[str, torch.Tensor]:
         seen: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
-        with record_inputs(layers, lambda layer, x: seen[layer.name].append(x.float())):
-            run_block(block, inputs)
+        record_stage(block, inputs, layers, lambda layer, x: seen[layer.name].append(x.float()))
         return {
             name: _subsample(torch.cat(parts), MAX_SEARCH_TOKENS, config.seed) for name, parts in seen.items()
         }
@@ -176,6 +174,14 @@ def quantize_awq(
 
     after_block = block_finished(layout, results, block_done)
     calibrate_sequentially(
-        model, layout, calibration, transform, batch_size, "AWQ", before_block, after_block
+        model,
+        layout,
+        calibration,
+        transform,
+        batch_size,
+        "AWQ",
+        before_block,
+        after_block,
+        config.calib_torch_dtype,
     )
     return results

@@ -19,8 +19,7 @@ from compress.calibrate import (
     BlockInputs,
     calibrate_sequentially,
     no_hook,
-    record_inputs,
-    run_block,
+    record_stage,
 )
 from compress.errors import CompressError
 from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
@@ -125,24 +124,32 @@ def quantize_gptq(
 
     def transform(index: int, block: nn.Module, inputs: BlockInputs, stages: list[list[LinearLayer]]) -> None:
         for stage in stages:
-            statistics = {layer.name: GPTQ(layer.in_features) for layer in stage}
-            with record_inputs(stage, lambda layer, x, stats=statistics: stats[layer.name].add_batch(x)):
-                run_block(block, inputs)
-            for layer in stage:
-                qw, stats = statistics[layer.name].quantize(
-                    weight_matrix(layer),
-                    config.bits,
-                    config.nominal_group_size,
-                    config.symmetric,
-                    config.act_order,
-                    config.damp_percent,
-                )
+            # The stage's layers read one tensor: one Hessian, gathered from the first of them.
+            statistics = GPTQ(stage[0].in_features)
+            record_stage(block, inputs, stage[:1], lambda layer, x, gptq=statistics: gptq.add_batch(x))
+            quantized = statistics.quantize_stacked(
+                [weight_matrix(layer) for layer in stage],
+                config.bits,
+                config.nominal_group_size,
+                config.symmetric,
+                config.act_order,
+                config.damp_percent,
+            )
+            for layer, (qw, stats) in zip(stage, quantized, strict=True):
                 results.append(
                     apply_quantized(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, stats)
                 )
 
     after_block = block_finished(layout, results, block_done)
     calibrate_sequentially(
-        model, layout, calibration, transform, batch_size, "GPTQ", before_block, after_block
+        model,
+        layout,
+        calibration,
+        transform,
+        batch_size,
+        "GPTQ",
+        before_block,
+        after_block,
+        config.calib_torch_dtype,
     )
     return results

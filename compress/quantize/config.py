@@ -6,12 +6,15 @@ stage is its YAML form, and the manifest records it verbatim.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.errors import CompressError
 from compress.sizes import parse_size
+
+if TYPE_CHECKING:
+    import torch
 
 Method = Literal["fp16", "bf16", "int8", "nf4", "fp4", "rtn", "gptq", "awq"]
 
@@ -49,6 +52,10 @@ class QuantizeConfig(BaseModel):
     calib_samples: int = Field(128, ge=1)
     seq_len: int = Field(2048, ge=16)
     seed: int = 0
+    #: gptq/awq: the dtype calibration forwards compute their matmuls in (autocast; weights,
+    #: Hessians and the hidden states between blocks stay float32). `auto`: bfloat16 where the
+    #: device computes it natively, else float32; the manifest records the resolved dtype.
+    calib_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     double_quant: bool = False
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     device: str = "auto"
@@ -72,6 +79,22 @@ class QuantizeConfig(BaseModel):
                 )
             self.max_memory_bytes  # noqa: B018 - parse now, so a bad size fails before any work
         return self
+
+    def for_device(self, device: torch.device) -> QuantizeConfig:
+        """This config with its `auto` choices made for `device`: what runs, and what the manifest
+        records."""
+        if self.calib_dtype != "auto":
+            return self
+        from compress.modeling import native_bf16
+
+        return self.model_copy(update={"calib_dtype": "bfloat16" if native_bf16(device) else "float32"})
+
+    @property
+    def calib_torch_dtype(self) -> torch.dtype:
+        """The calibration forwards' matmul dtype (`auto` unresolved counts as float32, the exact one)."""
+        import torch
+
+        return torch.bfloat16 if self.calib_dtype == "bfloat16" else torch.float32
 
     @property
     def max_memory_bytes(self) -> int | None:

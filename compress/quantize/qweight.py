@@ -43,3 +43,12 @@ class QuantizedWeight:
     @property
     def in_features(self) -> int:
         return self.q.shape[1]
+
+    def split_rows(self, sizes: list[int]) -> list[QuantizedWeight]:
+        """Consecutive row blocks of `sizes` as separate weights (a stage quantized stacked, e.g.
+        q, k and v, back into its layers); rows are independent, so nothing else changes."""
+        parts = zip(self.q.split(sizes), self.scales.split(sizes), self.zeros.split(sizes), strict=True)
+        return [
+            QuantizedWeight(q, scales, zeros, self.g_idx.clone(), self.bits, self.group_size, self.sym)
+            for q, scales, zeros in parts
+        ]

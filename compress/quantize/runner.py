@@ -218,6 +218,7 @@ def quantize(
     """
     config = QuantizeConfig.from_options(method, bits, device=device, **options)
     target_device = resolve_device(config.device)
+    config = config.for_device(target_device)
     source = resolve_model(model)
     out_path = Path(out) if out is not None else default_output(source, config.method)
     check_output_path(out_path, force, inputs=(source.path,))
