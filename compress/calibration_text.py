@@ -16,6 +16,8 @@ from compress.errors import CompressError
 from compress.modeling import ModelSource, load_tokenizer
 
 DEFAULT_CALIBRATION = "hf:wikitext:wikitext-2-raw-v1:train"
+#: Windows taken when the user names no count (a shorter --calib text gives what it holds).
+DEFAULT_CALIB_SAMPLES = 128
 
 
 @torch.inference_mode()
@@ -47,21 +49,31 @@ def calibration_windows(
     model: nn.Module,
     source: ModelSource,
     calib: str | None,
-    samples: int,
+    samples: int | None,
     seq_len: int,
     seed: int,
     streaming: bool = False,
 ) -> TokenWindows:
     """`calib`, else a well-known hub dataset online, else text sampled from the model itself.
 
-    Windows are capped at the model's context length. `streaming` models (weights on disk) cannot
-    generate, so they need real text.
+    Windows are capped at the model's context length. `samples` None means `DEFAULT_CALIB_SAMPLES`,
+    or fewer, with a notice, when the `calib` text is shorter: a user who named no count gets a
+    run rather than an error (an explicit count that the text cannot fill is still an error).
+    `streaming` models (weights on disk) cannot generate, so they need real text.
     """
     tokenizer = load_tokenizer(source)
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or seq_len
     seq_len = min(seq_len, limit)
+    wanted = DEFAULT_CALIB_SAMPLES if samples is None else samples
     if calib:
-        return sample_windows(tokenizer, calib, samples, seq_len, seed)
+        windows = sample_windows(tokenizer, calib, wanted, seq_len, seed, at_most=samples is None)
+        if windows.input_ids.shape[0] < wanted:
+            console.notice(
+                f"the calibration text fills {windows.input_ids.shape[0]} of the default {wanted} windows "
+                f"of {seq_len} tokens: calibrating on those (--calib-samples N asks for a count)"
+            )
+        return windows
+    samples = wanted
     try:
         windows = sample_windows(tokenizer, DEFAULT_CALIBRATION, samples, seq_len, seed)
         console.notice(f"calibrating on {DEFAULT_CALIBRATION} (pass --calib to choose the text)")

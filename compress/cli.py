@@ -116,7 +116,11 @@ def quantize(
         0.01, "--damp-percent", help="GPTQ: Hessian damping (raised if needed)."
     ),
     calib: str | None = typer.Option(None, "--calib", help="Calibration text (any data source)."),
-    calib_samples: int = typer.Option(128, "--calib-samples", help="Calibration windows."),
+    calib_samples: int | None = typer.Option(
+        None,
+        "--calib-samples",
+        help="Calibration windows (default 128, or what a shorter --calib text holds).",
+    ),
     seq_len: int = typer.Option(2048, "--seq-len", help="Calibration window length (capped by the model)."),
     seed: int = typer.Option(0, "--seed", help="Calibration sampling seed."),
     calib_dtype: str = typer.Option(

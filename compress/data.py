@@ -328,17 +328,21 @@ def sample_windows(
     seq_len: int,
     seed: int = 0,
     separator: str = DEFAULT_SEPARATOR,
+    at_most: bool = False,
 ) -> TokenWindows:
     """`samples` windows of `seq_len` tokens from documents shuffled with `seed` (calibration).
 
     Raises when the source cannot fill every window: quietly calibrating on less is how quality
-    regressions hide.
+    regressions hide. With `at_most`, a shorter source gives the full windows it holds (at least
+    one); the caller says so.
     """
     _check_seq_len(seq_len)
     if samples < 1:
         raise CompressError(f"the number of samples must be at least 1, got {samples}")
     parsed = parse_source(source)
     ids = _token_stream(tokenizer, iter_documents(parsed, seed), separator, samples * seq_len)
+    if at_most and seq_len <= len(ids) < samples * seq_len:
+        samples = len(ids) // seq_len
     if len(ids) < samples * seq_len:
         _raise_too_short(source, len(ids), f"{samples} windows of {seq_len} tokens")
     windows = _cut(ids, seq_len, samples)

@@ -194,3 +194,23 @@ def test_unquantized_tensors_are_stored_in_float16_unless_kept(demo, tmp_path):
         describe(tmp_path / "keep-False")["bits_per_weight"]
         < describe(tmp_path / "keep-True")["bits_per_weight"]
     )
+
+
+def test_default_calibration_count_takes_what_a_short_text_holds(demo, tmp_path, run_cli):
+    """No --calib-samples: 128 windows, or every full window of a shorter text, with a notice;
+    an explicit count the text cannot fill is still an error."""
+    text = tmp_path / "short.txt"
+    text.write_text("\n\n".join(f"def f{i}(x):\n    return x * {i} + {i * i}\n" for i in range(60)))
+    code, _, err = run_cli(
+        "quantize", demo[0], "-m", "gptq", "--calib", text, "--seq-len", "64", "--out", tmp_path / "a"
+    )
+    assert code == 0, err
+    assert "of the default 128 windows of 64 tokens" in err and "calibrating on those" in err
+    calibration = read_manifest(tmp_path / "a").calibration
+    assert 1 <= calibration["samples"] < 128 and calibration["seq_len"] == 64
+    code, _, err = run_cli(
+        "-q", "quantize", demo[0], "-m", "gptq", "--calib", text, "--seq-len", "64",
+        "--calib-samples", "128", "--out", tmp_path / "b",
+    )  # fmt: skip
+    assert_one_line_error(code, err, "fewer than 128 windows of 64 tokens")
+    assert not (tmp_path / "b").exists()

@@ -49,7 +49,8 @@ class QuantizeConfig(BaseModel):
     act_order: bool = True
     damp_percent: float = Field(0.01, gt=0, lt=1)
     calib: str | None = None
-    calib_samples: int = Field(128, ge=1)
+    #: None: 128 windows, or as many as a shorter --calib text holds (with a notice).
+    calib_samples: int | None = Field(None, ge=1)
     seq_len: int = Field(2048, ge=16)
     seed: int = 0
     #: gptq/awq: the dtype calibration forwards compute their matmuls in (autocast; weights,
