@@ -14,7 +14,7 @@ by compress's own loader and scored by KLD against the float32 model on held-out
 of wall times is the figure (goal: compress at most half of gptqmodel's time at equal or lower KLD).
 
     python bench/quantize.py [--samples 32 --seq-len 256 --layers 12] [--models gpt2,demo,smollm2]
-                             [--no-streaming]
+                             [--streaming synthetic|smollm2|none]
 
 `smollm2` is the real SmolLM2-135M (`compress.realmodel`); its per-method costs and quality are in
 `bench/quality_table.py --model smollm2`, so here it joins the gptqmodel comparison only.
@@ -110,9 +110,9 @@ def gpt2_small(path: Path, layers: int) -> None:
         (path / file.name).write_bytes(file.read_bytes())
 
 
-def streaming_model(path: Path, layers: int) -> dict:
+def streaming_model(path: Path, layers: int) -> None:
     """A Llama whose blocks dominate its size (1024 wide, 2816 MLP, small vocabulary), saved in
-    float32 with the demo tokenizer; returns its sizes in MB."""
+    float32 with the demo tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -133,26 +133,46 @@ def streaming_model(path: Path, layers: int) -> dict:
     model.save_pretrained(path)
     for file in tokenizer_dir.glob("tokenizer*"):
         (path / file.name).write_bytes(file.read_bytes())
+
+
+def model_sizes(path: Path) -> dict:
+    """A saved model's float32 size, one decoder block's, and its hidden width (from the config)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
     block = sum(p.numel() * 4 for p in model.model.layers[0].parameters())
     total = sum(p.numel() * 4 for p in model.parameters())
     return {"block_mb": block / 1e6, "total_mb": total / 1e6, "hidden": config.hidden_size}
 
 
-def bench_streaming(root: Path, samples: int, seq_len: int, layers: int = 8) -> None:
+def bench_streaming(
+    root: Path, samples: int, seq_len: int, model: Path | None = None, layers: int = 8
+) -> None:
     """GPTQ on a model ≥4× `--max-memory`, streamed, beside the same run with the model in memory.
 
     The figure is the growth of resident memory over the process's size after imports (torch and
     transformers alone take a few hundred MB), against one float32 block plus the calibration
-    activations (a block's inputs and outputs, float32), the engine's floor.
+    activations (a block's inputs and outputs, float32), the engine's floor. `model` None: a
+    synthetic Llama whose blocks dominate its size; else that model (e.g. SmolLM2, whose
+    embedding is a fifth of it).
     """
-    sizes = streaming_model(root / "streaming", layers)
+    if model is None:
+        model = root / "streaming"
+        streaming_model(model, layers)
+        label = f"Llama {layers} x (1024 wide, MLP 2816)"
+    else:
+        label = model.name
+    sizes = model_sizes(model)
     # The calibration text as a small file: reading the whole stdlib corpus to sample from it would
     # cost more memory than a block, and that cost belongs to the data, not to the engine.
-    calib = calibration_text(root / "streaming", samples, seq_len, root / "calibration.txt")
+    calib = calibration_text(model, samples, seq_len, root / "calibration.txt")
     activations = 2 * samples * seq_len * sizes["hidden"] * 4 / 1e6
     budget = f"{int(sizes['total_mb'] / 4)}MB"
     print(
-        f"\nstreaming: Llama {layers} x (1024 wide, MLP 2816), float32 weights {sizes['total_mb']:.0f} MB, "
+        f"\nstreaming: {label}, float32 weights {sizes['total_mb']:.0f} MB, "
         f"one block {sizes['block_mb']:.1f} MB, activations {activations:.1f} MB, --max-memory {budget}\n"
     )
     print("| run | wall s | resident growth MB | / (block + activations) |")
@@ -160,7 +180,7 @@ def bench_streaming(root: Path, samples: int, seq_len: int, layers: int = 8) -> 
     floor = sizes["block_mb"] + activations
     for label, options in (("in memory", {}), (f"--max-memory {budget}", {"max_memory": budget})):
         out = root / f"streaming-{'stream' if options else 'memory'}"
-        figures = run(root / "streaming", out, "gptq", 4, samples, seq_len, calib, **options)
+        figures = run(model, out, "gptq", 4, samples, seq_len, calib, **options)
         if "error" in figures:
             print(f"| {label} | failed: {figures['error']} | | |")
             continue
@@ -305,7 +325,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--layers", type=int, default=12, help="GPT-2 blocks (12 = GPT-2 small)")
     parser.add_argument("--models", default="gpt2,demo", help="comma-separated: gpt2, demo, smollm2")
-    parser.add_argument("--no-streaming", action="store_true", help="skip the --max-memory run")
+    parser.add_argument(
+        "--streaming",
+        choices=("synthetic", "smollm2", "none"),
+        default="synthetic",
+        help="the --max-memory run",
+    )
     args = parser.parse_args()
     from compress.demo import demo_model
 
@@ -337,8 +362,12 @@ def main() -> None:
 
             models["SmolLM2-135M"] = smollm2_dir()
         compare_gptqmodel(models, root, args.samples, args.seq_len)
-        if not args.no_streaming:
+        if args.streaming == "synthetic":
             bench_streaming(root, min(args.samples, 16), args.seq_len)
+        elif args.streaming == "smollm2":
+            from compress.realmodel import smollm2_dir
+
+            bench_streaming(root, min(args.samples, 16), args.seq_len, smollm2_dir())
 
 
 if __name__ == "__main__":

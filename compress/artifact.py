@@ -13,8 +13,6 @@ import platform
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -118,40 +116,6 @@ def check_output_path(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> 
         raise CompressError(f"output '{out}' already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise CompressError(f"output '{out}' exists and is not a directory")
-
-
-@contextmanager
-def staged_directory(out: Path, force: bool = False, marker: str = MANIFEST_NAME) -> Iterator[Path]:
-    """Yield a staging directory; on success it replaces `out`, on any exception it is removed.
-
-    `marker` is the file written last (the manifest for artifacts): publishing without it is a bug.
-    """
-    out = Path(out)
-    check_output_path(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f"{out.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = out.parent / f"{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        yield staging
-        if not (staging / marker).is_file():
-            raise RuntimeError(f"internal error: {out} was staged without its {marker}")
-        _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Rename the finished staging directory into place, replacing an old `out` only at the end."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    retired = out.parent / f"{out.name}.old-{uuid.uuid4().hex[:8]}"
-    out.rename(retired)
-    staging.rename(out)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 #: Tokenizer and generation files copied verbatim from the source, so an artifact tokenizes exactly

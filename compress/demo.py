@@ -20,11 +20,11 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from compress import console
-from compress.artifact import staged_directory
 from compress.cache import cache_root
 from compress.data import TokenWindows, iter_documents, sample_windows, sequential_windows
 from compress.evaluate.perplexity import perplexity
 from compress.modeling import native_bf16
+from compress.staging import staged_directory
 
 TRAIN_SOURCE = "builtin:python-stdlib:train"
 HELDOUT_SOURCE = "builtin:python-stdlib:heldout"

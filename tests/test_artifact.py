@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import compress
-from compress.artifact import Manifest, describe, read_manifest, staged_directory
+from compress.artifact import Manifest, describe, read_manifest
 from compress.errors import CompressError
 from compress.modeling import MANIFEST_NAME
+from compress.staging import staged_directory
 
 MANIFEST_FIELDS = set(Manifest.model_fields)
 
@@ -43,14 +44,6 @@ def test_existing_output_needs_force_and_force_replaces(tmp_path):
         (staging / MANIFEST_NAME).write_text("{}")
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME]
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
-
-
-def test_stale_staging_directories_are_cleaned(tmp_path):
-    stale = tmp_path / "artifact.tmp-deadbeef"
-    stale.mkdir()
-    with staged_directory(tmp_path / "artifact") as staging:
-        (staging / MANIFEST_NAME).write_text("{}")
-    assert not stale.exists()
 
 
 @pytest.mark.parametrize(("method", "dtype"), [("fp16", torch.float16), ("bf16", torch.bfloat16)])

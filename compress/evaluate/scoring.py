@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compress import console
-from compress.artifact import staged_directory
 from compress.evaluate.divergence import DivergenceAccumulator, TopK
 from compress.evaluate.suite import StoreLayout
+from compress.staging import staged_directory
 
 STORE_MARKER = "store.json"
 _STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}

@@ -23,7 +23,6 @@ from compress.artifact import (
     library_versions,
     lineage_for,
     save_model_files,
-    staged_directory,
     write_manifest,
     write_model_card,
 )
@@ -56,6 +55,7 @@ from compress.prune.surgery import (
     prune_mlp_channels,
     remove_blocks,
 )
+from compress.staging import staged_directory
 from compress.telemetry import PhaseTimer
 
 FORMAT = "dense-safetensors"

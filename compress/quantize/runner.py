@@ -22,7 +22,6 @@ from compress.artifact import (
     library_versions,
     lineage_for,
     save_model_files,
-    staged_directory,
     weight_statistics,
     write_manifest,
     write_model_card,
@@ -40,6 +39,7 @@ from compress.modeling import (
 )
 from compress.quantize.cast import CAST_DTYPES, FORMAT, check_finite, check_finite_files
 from compress.quantize.config import PACKED_METHODS, QuantizeConfig
+from compress.staging import staged_directory
 from compress.telemetry import PhaseTimer
 
 if TYPE_CHECKING:
