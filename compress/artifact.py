@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
-from safetensors import safe_open
 
+from compress.checkpoint import open_safetensors
 from compress.errors import CompressError
 from compress.modeling import MANIFEST_NAME, ModelSource, fingerprint_files, resolve_device
 from compress.version import __version__
@@ -200,7 +200,7 @@ def weight_statistics(directory: Path) -> dict[str, Any]:
     parameters = 0
     dtypes: dict[str, int] = {}
     for file in files:
-        with safe_open(file, framework="pt") as handle:
+        with open_safetensors(file) as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
                 tensor_slice = handle.get_slice(name)
                 count = 1
@@ -237,7 +237,7 @@ def packed_layer_statistics(directory: Path, quantization: dict) -> dict[str, An
     kernels: Counter[str] = Counter()
     notes: Counter[str] = Counter()
     for file in sorted(Path(directory).glob("*.safetensors")):
-        with safe_open(file, framework="pt") as handle:
+        with open_safetensors(file) as handle:
             keys = list(handle.keys())
             for key in (k for k in keys if k.endswith(".qweight")):
                 prefix = key.removesuffix("qweight")
@@ -291,7 +291,10 @@ def describe(directory: Path) -> dict[str, Any]:
         raise CompressError(f"'{directory}' is not a directory")
     if not (directory / "config.json").is_file():
         raise CompressError(f"'{directory}' has no config.json, so it is not a model or artifact")
-    config = json.loads((directory / "config.json").read_text())
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise CompressError(f"{directory / 'config.json'} is not valid JSON: {exc}") from exc
     manifest = read_manifest(directory)
     statistics = weight_statistics(directory)
     if config.get("quantization_config") and manifest and manifest.model.get("parameters"):

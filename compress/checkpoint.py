@@ -9,10 +9,12 @@ expects. Whole-model paths use the same two classes, so there is one way to writ
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from compress.errors import CompressError
@@ -34,6 +36,20 @@ SAFETENSORS_DTYPES = {
 }
 
 
+@contextmanager
+def open_safetensors(file: Path) -> Iterator:
+    """`safe_open`, with a truncated or corrupt file reported as the user's to fix (one line)."""
+    try:
+        with safe_open(file, framework="pt") as handle:
+            yield handle
+    except SafetensorError as exc:
+        first_line = (str(exc).strip().splitlines() or ["unreadable"])[0]
+        raise CompressError(
+            f"'{file}' is not a readable safetensors file ({first_line}): it is truncated or corrupt; "
+            "download or export it again"
+        ) from exc
+
+
 class CheckpointReader:
     """The tensors of a local safetensors checkpoint (single file or sharded), by name, lazily.
 
@@ -47,7 +63,7 @@ class CheckpointReader:
         self.base_model_prefix = base_model_prefix
         self._file_of: dict[str, str] = {}
         for file in sorted(self.directory.glob("*.safetensors")):
-            with safe_open(file, framework="pt") as handle:
+            with open_safetensors(file) as handle:
                 for key in handle.keys():  # noqa: SIM118 - safe_open handles are not mappings
                     self._file_of[key] = file.name
         if not self._file_of:
@@ -82,13 +98,13 @@ class CheckpointReader:
         mapping closed, so memory would grow block after block.
         """
         stored = self._require(name)
-        with safe_open(self.directory / self._file_of[stored], framework="pt") as handle:
+        with open_safetensors(self.directory / self._file_of[stored]) as handle:
             return handle.get_tensor(stored).clone()
 
     def dtype(self, name: str) -> torch.dtype:
         """The stored dtype, read from the header without loading the tensor."""
         stored = self._require(name)
-        with safe_open(self.directory / self._file_of[stored], framework="pt") as handle:
+        with open_safetensors(self.directory / self._file_of[stored]) as handle:
             return SAFETENSORS_DTYPES[handle.get_slice(stored).get_dtype()]
 
 

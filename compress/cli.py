@@ -7,10 +7,12 @@ unexpected failure is one line and exit code 3; a failed quality gate is exit co
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import sys
 import traceback
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from compress import console
-from compress.errors import CompressError
+from compress.errors import CompressError, option_error, os_error_message
 from compress.quantize.config import METHOD_BITS
 from compress.version import __version__
 
@@ -55,6 +57,9 @@ def global_options(
     ),
     json_output: bool = typer.Option(False, "--json", help="Machine-readable JSON on stdout."),
     debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Also show third-party progress bars, load reports and warnings."
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
@@ -62,18 +67,30 @@ def global_options(
     """Quantize, prune and distill Hugging Face causal LMs; every command writes a loadable artifact."""
     console.mode.quiet = quiet
     console.mode.json = json_output
-    if quiet or json_output:
-        _silence_library_progress()
+    if not verbose:
+        _silence_libraries()
     console.mode.debug = debug or console.mode.debug
 
 
-def _silence_library_progress() -> None:
-    """No tqdm bars from huggingface_hub/transformers: the env var for later imports, calls for earlier."""
+def _silence_libraries() -> None:
+    """Third-party progress bars, load reports and warnings off: compress shows one progress display
+    of its own, and a failing command's `error:` line is the only line on stderr.
+
+    Environment variables reach libraries imported later (huggingface_hub, datasets, tqdm users
+    such as lm-eval); `logging.disable` quiets every library logger below ERROR (transformers'
+    load reports, torch's and torchao's import notices); Python warnings are ignored.
+    """
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 def _command() -> str:
@@ -281,9 +298,7 @@ def eval_command(
     try:
         chosen = Suite.model_validate(chosen.model_dump()).check()  # validates the overrides too
     except ValidationError as exc:
-        first = exc.errors()[0]
-        option = str(first["loc"][0]).replace("_", "-")
-        raise CompressError(f"--{option}: {first['msg']}") from exc
+        raise CompressError(option_error(exc)) from exc
     request = EvalRequest(artifacts, chosen, baseline, list(gate), price_per_hour, device, reuse=not no_cache)
     report, problems = evaluate(request)
     rows = comparison_rows([r for r in [report.baseline, *report.results] if r is not None])
@@ -929,6 +944,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(str(exc), exc)
         return exc.exit_code
     except Exception as exc:
+        message = os_error_message(exc) if isinstance(exc, OSError) else None
+        if message is not None:  # out of space, read-only, no permission, name too long: the user's
+            _print_error(message, exc)
+            return 2
         _print_error(
             f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", exc
         )

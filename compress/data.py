@@ -185,9 +185,26 @@ def _read_file(path: Path, column: str | None) -> list[str]:
     if path.suffix in TABLE_FORMATS:
         return _read_table(path, column)
     text = path.read_text(encoding="utf-8", errors="replace")
+    _check_is_text(path, text)
     if path.suffix in WHOLE_FILE_SUFFIXES:
         return [text]
     return [block.strip("\n") for block in text.split("\n\n")]
+
+
+#: Above this share of undecodable bytes or control characters, a file is binary, not text.
+MAX_NON_TEXT_SHARE = 0.01
+
+
+def _check_is_text(path: Path, text: str) -> None:
+    """Refuse binary data: decoded leniently it still tokenizes, into windows of byte tokens that
+    would calibrate or score a model on noise without a word of warning."""
+    sample = text[:1_000_000]
+    odd = sum(1 for char in sample if char == "\ufffd" or (char < " " and char not in "\n\r\t\f"))
+    if sample and odd > MAX_NON_TEXT_SHARE * len(sample):
+        raise CompressError(
+            f"'{path}' is not text ({odd / len(sample):.0%} undecodable or control characters); "
+            "give a UTF-8 text, .jsonl or .csv file"
+        )
 
 
 def _read_table(path: Path, column: str | None) -> list[str]:
@@ -212,6 +229,13 @@ def _text_column(names: list[str], features, column: str | None, where: str) -> 
     if len(strings) == 1:
         return strings[0]
     raise CompressError(f"'{where}' has no 'text' column; choose one with ':COLUMN' from {', '.join(names)}")
+
+
+def check_readable(spec: str) -> None:
+    """Open a data source and read its first document: a command that scores or trains on it at
+    the end fails before its work (offline hub data, a missing file), not after."""
+    if next(iter_documents(parse_source(spec)), None) is None:
+        raise CompressError(f"data source '{spec}' is empty")
 
 
 def _hub_documents(source: TextSource, shuffle_seed: int | None) -> Iterator[str]:

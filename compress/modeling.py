@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.checkpoint import open_safetensors
 from compress.errors import CompressError, UnsupportedArchitectureError
 from compress.gguf_source import convert_gguf, gguf_file_in
 
@@ -234,25 +235,55 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
+    require_finite: bool = False,
 ) -> nn.Module:
-    """Load a causal LM from safetensors only, in eval mode, on the resolved device."""
+    """Load a causal LM from safetensors only, in eval mode, on the resolved device.
+
+    `require_finite`: refuse NaN/Inf weights (commands that write a model from this one)."""
     from transformers import AutoModelForCausalLM
 
     config = load_config(source, trust_remote_code)
     target = resolve_device(device)
+    for file in sorted(source.path.glob("*.safetensors")):
+        with open_safetensors(file):  # a truncated file is the user's to fix, named, before loading
+            pass
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, report = AutoModelForCausalLM.from_pretrained(
             source.path,
             config=config,
             dtype=resolve_dtype(dtype),
             device_map=str(target),
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CompressError(f"cannot load the model in '{source.reference}': {first_line}") from exc
+    check_loading_report(source, report)
+    if require_finite:
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise CompressError(
+                    f"weight '{name}' of '{source.reference}' has NaN or Inf values; the model is broken"
+                )
     return model.eval()
+
+
+def check_loading_report(source: ModelSource, report: dict) -> None:
+    """A checkpoint must hold exactly the model's tensors: transformers initialises a missing one
+    randomly and drops an unexpected one, and either way the result is not the model on disk."""
+    for kind, meaning in (
+        ("missing_keys", "lacks"),
+        ("unexpected_keys", "has a tensor the model does not use,"),
+    ):
+        names = sorted(report.get(kind) or ())
+        if names:
+            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+            raise CompressError(
+                f"the checkpoint in '{source.reference}' {meaning} '{names[0]}'{more}: it does not match "
+                "its config.json; re-export the model"
+            )
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):

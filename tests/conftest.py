@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -133,6 +134,7 @@ def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
         capsys.readouterr()
         code = cli.main([str(a) for a in argv])
         console.mode.quiet = console.mode.json = console.mode.debug = False
+        logging.disable(logging.NOTSET)  # the CLI quiets library loggers; other tests read them
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 

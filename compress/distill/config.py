@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from compress.errors import CompressError
+from compress.errors import CompressError, option_error
 
 Loss = Literal["kl", "ce", "kl+ce"]
 DEFAULT_PROMPTS = "builtin:python-stdlib"
@@ -104,7 +104,4 @@ def parse_config(kind: type[BaseModel], options: dict[str, object]) -> BaseModel
     try:
         return kind(**options)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        message = str(first.get("msg", exc)).removeprefix("Value error, ")
-        raise CompressError(f"{where}: {message}" if where else message) from exc
+        raise CompressError(option_error(exc)) from exc

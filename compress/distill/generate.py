@@ -252,6 +252,31 @@ def generate(
     _check_topk(tokenizer, config)
     plan = _plan(tokenizer, config, _position_limit(source, config, trust_remote_code))
     request = _request(source, config, plan)
+    created = [path for path in (out, *out.parents) if not path.exists()]
+    try:
+        return _generate_into(
+            out, source, tokenizer, config, plan, request, force, trust_remote_code, command
+        )
+    except BaseException:
+        # A run that fails before its first shard (a broken teacher, a bad prompt file) leaves
+        # nothing behind; one that wrote shards keeps them, to resume.
+        if created and not any((out / SHARDS_DIR).glob("[0-9]*")):
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
+
+
+def _generate_into(
+    out: Path,
+    source: ModelSource,
+    tokenizer,
+    config: GenerateConfig,
+    plan: _Plan,
+    request: dict[str, Any],
+    force: bool,
+    trust_remote_code: bool,
+    command: str | None,
+) -> Path:
+    """`generate` once its request is checked: prepare (or resume) `out`, then write the shards."""
     if (finished := _prepare_output(out, request, force)) is not None:
         console.notice(
             f"{out}: these generations are complete already ({finished['completions']} completions)"
@@ -267,7 +292,11 @@ def generate(
     if todo:
         dtype = "auto" if config.device.startswith("cuda") else "float32"
         needs_hf_model = config.engine == "hf" or config.store_topk > 0
-        model = load_model(source, dtype, config.device, trust_remote_code) if needs_hf_model else None
+        model = (
+            load_model(source, dtype, config.device, trust_remote_code, require_finite=True)
+            if needs_hf_model
+            else None
+        )
         engine = open_engine(config, source, model, tokenizer, trust_remote_code)
         with console.progress() as bar:
             task = bar.add_task("teacher generation", total=len(todo), status="")

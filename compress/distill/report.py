@@ -31,12 +31,10 @@ def _scores(result) -> dict[str, Any]:
     }
 
 
-def evaluate_distillation(
-    teacher: ModelSource, initial: Path | None, student: Path, config: TrainConfig
-) -> dict:
-    """Perplexity and KLD against the teacher of the untrained and trained student (ppl and kld only:
-    speed and tasks are the eval command's job)."""
-    from compress.evaluate.harness import EvalRequest, evaluate
+def distillation_suite(config: TrainConfig):
+    """The suite the final report scores with (ppl and KLD only), its data checked to be readable:
+    called before training too, so that offline hub data fails the command before the work."""
+    from compress.data import check_readable
     from compress.evaluate.suite import load_suite
 
     suite = load_suite(config.suite)
@@ -44,6 +42,23 @@ def evaluate_distillation(
     if config.eval_data is not None:
         overrides["data"] = config.eval_data
     suite = suite.model_copy(update=overrides).check()
+    try:
+        check_readable(suite.data)
+    except CompressError as exc:
+        raise CompressError(
+            f"the final report's data: {exc} (or pass --eval-data FILE, or --no-eval)"
+        ) from exc
+    return suite
+
+
+def evaluate_distillation(
+    teacher: ModelSource, initial: Path | None, student: Path, config: TrainConfig
+) -> dict:
+    """Perplexity and KLD against the teacher of the untrained and trained student (ppl and kld only:
+    speed and tasks are the eval command's job)."""
+    from compress.evaluate.harness import EvalRequest, evaluate
+
+    suite = distillation_suite(config)
     artifacts = [str(initial)] if initial is not None else []
     report, problems = evaluate(EvalRequest([*artifacts, str(student)], suite, baseline=str(teacher.path)))
     if problems:

@@ -16,8 +16,8 @@ from typing import Any
 
 from compress.distill.config import DistillConfig, GenerateConfig, TrainConfig, parse_config
 from compress.distill.generate import GENERATION_FILE, generate
-from compress.distill.train import default_output, default_work_dir, train
-from compress.modeling import resolve_model
+from compress.distill.train import check_training_request, default_work_dir, train
+from compress.errors import CompressError
 
 
 def distill(
@@ -40,7 +40,10 @@ def distill(
     `recipe` names the recipe stage that asked for it (recorded in the manifest).
     """
     config = parse_config(DistillConfig, options)
-    out_path = Path(out) if out is not None else default_output(student, resolve_model(teacher))
+    training = TrainConfig.model_validate(config.model_dump(include=set(TrainConfig.model_fields)))
+    if training.teacher_logits == "offline" and training.kl_weight > 0 and not config.store_topk:
+        raise CompressError("--teacher-logits offline needs the teacher's top-k stored: add --store-topk K")
+    _, _, out_path, _ = check_training_request(teacher, student, out, training, force, trust_remote_code)
     work = Path(work_dir) if work_dir is not None else default_work_dir(out_path)
     data = Path(generations) if generations is not None else work / "generations"
     if _process_rank() == 0:

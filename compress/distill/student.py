@@ -103,7 +103,7 @@ def _from_teacher(
     from compress.prune.runner import cut
     from compress.prune.surgery import remove_blocks
 
-    model = load_model(teacher, "float32", "cpu", trust_remote_code)
+    model = load_model(teacher, "float32", "cpu", trust_remote_code, require_finite=True)
     sizes = plan_sizes(PruneConfig(**_prune_options(overrides), importance="magnitude"), model.config)
     cut(model, sizes, width_scores(model, "magnitude", None, sizes.width, config.seed))
     if "num_hidden_layers" in overrides:
@@ -115,17 +115,23 @@ def _from_teacher(
     return model
 
 
+def _student_sizes(teacher_config, overrides: dict[str, int]):
+    """The student's sizes as a plan against the teacher's config: out-of-range values fail here."""
+    from compress.prune.plan import PruneConfig, plan_sizes
+
+    options = _prune_options(overrides)
+    if "num_hidden_layers" in overrides:
+        options["layers_keep"] = overrides["num_hidden_layers"]
+    return plan_sizes(PruneConfig(**options, importance="random"), teacher_config)
+
+
 def _at_random(teacher: ModelSource, overrides: dict[str, int], config: TrainConfig, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, set_seed
 
     from compress.prune.geometry import pruned_config
-    from compress.prune.plan import PruneConfig, plan_sizes
 
     teacher_config = load_config(teacher, trust_remote_code)
-    options = _prune_options(overrides)
-    if "num_hidden_layers" in overrides:
-        options["layers_keep"] = overrides["num_hidden_layers"]
-    sizes = plan_sizes(PruneConfig(**options, importance="random"), teacher_config)
+    sizes = _student_sizes(teacher_config, overrides)
     student_config = pruned_config(
         teacher_config,
         num_heads=sizes.num_heads,
@@ -167,6 +173,7 @@ def student_spec(
         return StudentSpec({"kind": kind, "reference": source.reference, "sha256": source.sha256}, source)
     overrides = dict(config.student_config or {})
     check_student_config(overrides)
+    _student_sizes(load_config(teacher, trust_remote_code), overrides)
     description = {
         "kind": "config",
         "overrides": overrides,
@@ -181,7 +188,7 @@ def load_student(
 ) -> nn.Module:
     """The student model in float32 on the CPU (the trainer moves it)."""
     if spec.source is not None:
-        return load_model(spec.source, "float32", "cpu", trust_remote_code)
+        return load_model(spec.source, "float32", "cpu", trust_remote_code, require_finite=True)
     build = _from_teacher if config.student_init == "teacher" else _at_random
     model = build(teacher, spec.overrides, config, trust_remote_code)
     _check_kv_heads(model, spec.overrides)

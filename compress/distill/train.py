@@ -30,7 +30,6 @@ from compress.artifact import (
     lineage_for,
     read_manifest,
     save_model_files,
-    staged_directory,
     write_manifest,
     write_model_card,
     write_text_atomic,
@@ -50,6 +49,7 @@ from compress.modeling import (
     resolve_device,
     resolve_model,
 )
+from compress.staging import staged_directory
 from compress.telemetry import PhaseTimer
 
 FORMAT = "dense-safetensors"
@@ -212,6 +212,31 @@ def _publish(
         write_model_card(staging, manifest)
 
 
+def check_training_request(
+    teacher: str | Path,
+    student: str | None,
+    out: str | Path | None,
+    config: TrainConfig,
+    force: bool = False,
+    trust_remote_code: bool = False,
+) -> tuple[ModelSource, Any, Path, StudentSpec]:
+    """Every check of a training request that needs no generations, so `compress distill` makes
+    them before the teacher generates (minutes of work): the teacher, the output path, the student
+    (given once, tokenizer equal to the teacher's, config overrides in range) and the final
+    report's data. Returns the teacher, its tokenizer, the output path and the student."""
+    teacher_source = resolve_model(teacher)
+    reject_quantized(teacher_source, trust_remote_code)
+    teacher_tokenizer = load_tokenizer(teacher_source, trust_remote_code)
+    out_path = Path(out) if out is not None else default_output(student, teacher_source)
+    check_output_path(out_path, force, inputs=(teacher_source.path,))
+    spec = student_spec(teacher_source, teacher_tokenizer, student, config, trust_remote_code)
+    if config.eval:
+        from compress.distill.report import distillation_suite
+
+        distillation_suite(config)
+    return teacher_source, teacher_tokenizer, out_path, spec
+
+
 def train(
     teacher: str | Path,
     student: str | None = None,
@@ -233,14 +258,10 @@ def train(
     manifest's `extra["distillation"]`.
     """
     config = parse_config(TrainConfig, options)
-    teacher_source = resolve_model(teacher)
-    reject_quantized(teacher_source, trust_remote_code)
-    teacher_tokenizer = load_tokenizer(teacher_source, trust_remote_code)
+    request = check_training_request(teacher, student, out, config, force, trust_remote_code)
+    teacher_source, teacher_tokenizer, out_path, spec = request
     dataset, meta = load_generations(data)
-    out_path = Path(out) if out is not None else default_output(student, teacher_source)
-    check_output_path(out_path, force, inputs=(teacher_source.path,))
     _check_data(dataset, config, len(teacher_tokenizer))
-    spec = student_spec(teacher_source, teacher_tokenizer, student, config, trust_remote_code)
     work = Path(work_dir) if work_dir is not None else default_work_dir(out_path)
     record = {
         "train": config.resume_key(),
@@ -259,7 +280,11 @@ def train(
     initial = _initial_student_path(spec, model, work, tokenizer_dir) if is_main and config.eval else None
 
     online = config.kl_weight > 0 and config.teacher_logits == "online"
-    teacher_model = load_model(teacher_source, "float32", "cpu", trust_remote_code) if online else None
+    teacher_model = (
+        load_model(teacher_source, "float32", "cpu", trust_remote_code, require_finite=True)
+        if online
+        else None
+    )
     pad = teacher_tokenizer.pad_token_id
     collator = DistillCollator(
         pad if pad is not None else 0, config.max_seq_len, config.teacher_logits == "offline"

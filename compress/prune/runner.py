@@ -27,7 +27,7 @@ from compress.artifact import (
     write_model_card,
 )
 from compress.calibration_text import calibration_windows
-from compress.errors import CompressError
+from compress.errors import CompressError, option_error
 from compress.modeling import (
     ModelSource,
     count_parameters,
@@ -65,8 +65,7 @@ def _config(options: dict[str, Any]) -> PruneConfig:
     try:
         return PruneConfig(**{k: v for k, v in options.items() if v is not None})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise CompressError(str(first.get("msg", exc)).removeprefix("Value error, ")) from exc
+        raise CompressError(option_error(exc)) from exc
 
 
 def default_output(source: ModelSource) -> Path:
@@ -74,12 +73,23 @@ def default_output(source: ModelSource) -> Path:
     return Path("compressed") / f"{name}-pruned"
 
 
+def _sizes(config: PruneConfig, model_config) -> Sizes:
+    """The planned sizes; a plan that removes nothing is an error (it would write a full copy)."""
+    sizes = plan_sizes(config, model_config)
+    if sizes == Sizes():
+        raise CompressError(
+            "nothing to prune: give --heads, --mlp, --hidden or --layers (or their absolute forms) a "
+            "value that removes at least one unit"
+        )
+    return sizes
+
+
 def plan(model: str | Path, trust_remote_code: bool = False, **options: Any) -> dict[str, Any]:
     """The sizes before and after and the parameter counts, from the config alone (`--dry-run`)."""
     config = _config(options)
     source = resolve_model(model)
     model_config = load_config(source, trust_remote_code)
-    sizes = plan_sizes(config, model_config)
+    sizes = _sizes(config, model_config)
     after = pruned_config(model_config, **asdict(sizes))
     return {
         "model": source.reference,
@@ -173,12 +183,12 @@ def prune(
     check_output_path(out_path, force, inputs=(source.path,))
     reject_quantized(source, trust_remote_code)
     model_config = load_config(source, trust_remote_code)
-    sizes = plan_sizes(config, model_config)
+    sizes = _sizes(config, model_config)
     predicted = predict_parameter_count(pruned_config(model_config, **asdict(sizes)))
 
     timer = PhaseTimer()
     with timer.phase("load"):
-        loaded = load_model(source, "float32", config.device, trust_remote_code)
+        loaded = load_model(source, "float32", config.device, trust_remote_code, require_finite=True)
     before = count_parameters(loaded)
     windows = None
     if config.needs_data:

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
+from compress.checkpoint import open_safetensors
 from compress.errors import CompressError
-from compress.modeling import ModelSource, load_config, resolve_device, resolve_dtype
+from compress.modeling import ModelSource, check_loading_report, load_config, resolve_device, resolve_dtype
 
 if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig
@@ -127,10 +127,13 @@ def _from_pretrained(source: ModelSource, what: str, **options) -> nn.Module:
 
     _quiet_bnb_logs()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, use_safetensors=True, **options)
+        model, report = AutoModelForCausalLM.from_pretrained(
+            source.path, use_safetensors=True, output_loading_info=True, **options
+        )
     except (OSError, ValueError, RuntimeError, KeyError, ImportError) as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CompressError(f"cannot {what} '{source.reference}': {first_line}") from exc
+    check_loading_report(source, report)
     disable_cpu_repack(model)
     return model.eval()
 
@@ -205,7 +208,7 @@ def _read_shapes(directory: Path) -> tuple[dict[str, list[int]], dict[str, str],
     dtypes: dict[str, str] = {}
     packed: dict[str, list[int]] = {}
     for file in sorted(Path(directory).glob("*.safetensors")):
-        with safe_open(file, framework="pt") as handle:
+        with open_safetensors(file) as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
                 tensor_slice = handle.get_slice(name)
                 shapes[name] = tensor_slice.get_shape()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compress.errors import CompressError
+from compress.errors import CompressError, option_error
 from compress.sizes import parse_size
 
 if TYPE_CHECKING:
@@ -128,12 +128,4 @@ class QuantizeConfig(BaseModel):
         try:
             return cls(method=method, bits=bits, **{k: v for k, v in options.items() if v is not None})
         except ValueError as exc:
-            raise CompressError(_first_error(exc)) from exc
-
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return str(first.get("msg", exc)).removeprefix("Value error, ")
-    return str(exc)
+            raise CompressError(option_error(exc)) from exc

@@ -24,6 +24,7 @@ from compress.errors import CompressError
 from compress.modeling import (
     DecoderLayout,
     ModelSource,
+    check_loading_report,
     find_decoder_blocks,
     load_config,
     resolve_device,
@@ -219,10 +220,7 @@ def load_packed(
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     del state
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
-        raise ValueError(
-            f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
+    check_loading_report(source, {"missing_keys": set(missing) - tied, "unexpected_keys": unexpected})
     model.tie_weights()
     model = model.to(target).eval()
     cache = compute_dtype == torch.float32 if cache_dequantized is None else cache_dequantized
