@@ -281,7 +281,7 @@ def test_topk_larger_than_the_vocabulary_is_refused(run_cli, demo, tmp_path):
         (("--student-config", "layers=2"), "does not know 'layers'"),
         (("--student-config", "num_hidden_layers=two"), "key=integer"),
         (("--loss", "mse"), "loss"),
-        (("--teacher-logits", "offline"), "--store-topk"),
+        (("--teacher-logits", "offline", "--no-eval"), "--store-topk"),
     ],
 )
 def test_bad_training_options_are_one_line_errors(run_cli, demo, pruned, tmp_path, argv, fragment):

@@ -180,7 +180,7 @@ def test_bad_eval_inputs_are_one_line_errors(run_cli, demo, fp16_artifact, tmp_p
         (("eval", fp16_artifact, *base, "--gate", "kld.mean<<0.1"), "does not parse"),
         (("eval", fp16_artifact, *base, "--gate", "accuracy>=0.5"), "unknown metric 'accuracy'"),
         (("eval", fp16_artifact, *base, "--metrics", "ppl", "--data", short), "fewer than one window"),
-        (("eval", broken, *base, "--metrics", "ppl"), "does not load"),
+        (("eval", broken, *base, "--metrics", "ppl"), "truncated or corrupt"),
         (("eval", fp16_artifact, *base, "--suite", "nonexistent"), "suite 'nonexistent' not found"),
         (("eval", fp16_artifact, *base, "--tasks", "no_such_task"), "unknown task 'no_such_task'"),
         (("compare", tmp_path / "nothing.json"), "no eval results"),

@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import compress
 from compress.artifact import read_manifest
 from compress.data import sequential_windows
+from compress.errors import CompressError
 from compress.evaluate.divergence import kl_divergence
 from compress.modeling import count_parameters, load_model, load_tokenizer, resolve_model
 from compress.prune.geometry import config_geometry
@@ -90,14 +91,13 @@ def test_pruned_artifact_matches_plan_loads_and_generates(demo, run_cli, tmp_pat
         assert summary["kept_mean"] > summary["removed_mean"]
 
 
-def test_pruning_nothing_keeps_the_logits(tiny_model_dir, tmp_path):
-    source = tiny_model_dir("qwen2")
-    out = compress.prune(source, tmp_path / "same", mlp=0.0, importance="magnitude", device="cpu")
-    ids = torch.arange(20).unsqueeze(0)
-    original = AutoModelForCausalLM.from_pretrained(source).eval()
-    pruned = AutoModelForCausalLM.from_pretrained(out).eval()
-    with torch.inference_mode():
-        assert torch.equal(original(input_ids=ids).logits, pruned(input_ids=ids).logits)
+def test_pruning_nothing_is_an_error_not_a_copy(tiny_model_dir, tmp_path):
+    """A target that removes no unit would write a full copy under a name that says "pruned"."""
+    with pytest.raises(CompressError, match="nothing to prune"):
+        compress.prune(
+            tiny_model_dir("qwen2"), tmp_path / "same", mlp=0.0, importance="magnitude", device="cpu"
+        )
+    assert not (tmp_path / "same").exists()
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2", "phi3", "opt"])
