@@ -31,6 +31,9 @@ HELDOUT_SOURCE = "builtin:python-stdlib:heldout"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
 RECORD_NAME = "demo.json"
 BUILDER_VERSION = 1  # bump when the training code changes what a recipe produces
+#: Threads the demo trains with, whatever the caller's setting: the same build on every run of a
+#: machine (another machine's CPU can still differ; the record says whether bf16 autocast ran).
+TRAIN_THREADS = 2
 
 
 class DemoRecipe(BaseModel):
@@ -176,9 +179,14 @@ def build_demo_model(recipe: DemoRecipe, out: Path) -> dict[str, Any]:
         tokenizer, TRAIN_SOURCE, recipe.steps * recipe.batch_size, recipe.seq_len, seed=recipe.seed
     )
     model = _build_model(recipe, tokenizer)
-    losses = _train(model, train_windows, recipe)
-    heldout = sequential_windows(tokenizer, HELDOUT_SOURCE, recipe.seq_len, max_tokens=recipe.eval_tokens)
-    score = perplexity(model, heldout.input_ids)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)  # how a matmul splits its sums decides its last bits
+    try:
+        losses = _train(model, train_windows, recipe)
+        heldout = sequential_windows(tokenizer, HELDOUT_SOURCE, recipe.seq_len, max_tokens=recipe.eval_tokens)
+        score = perplexity(model, heldout.input_ids)
+    finally:
+        torch.set_num_threads(threads)
     record = {
         "recipe": recipe.model_dump(),
         "key": recipe_key(recipe),

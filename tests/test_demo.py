@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +70,21 @@ def test_demo_command_end_to_end(run_cli, demo, tmp_path):
     assert {stage["status"] for stage in payload["stages"]} == {"cached"}
     assert payload["comparison"][0]["name"] == "base"
     assert read_manifest(tmp_path / "demo" / "fp16").recipe["stage"] == "fp16"
+
+
+def test_demo_build_is_bit_identical_in_another_process_at_another_thread_count(demo, tmp_path):
+    """A second build of the fast demo model, in a fresh process with one thread (the cached one
+    was built with the default), has the same weights and tokenizer, byte for byte."""
+    script = (
+        "import torch; torch.set_num_threads(1); from compress.demo import demo_model; demo_model(fast=True)"
+    )
+    env = {**os.environ, "COMPRESS_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    rebuilt = next((tmp_path / "demo").glob("fast-*"))
+    assert rebuilt.name == Path(demo[0]).name
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert _sha256(rebuilt / name) == _sha256(Path(demo[0]) / name), name
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -183,7 +183,7 @@ def test_bad_eval_inputs_are_one_line_errors(run_cli, demo, fp16_artifact, tmp_p
         (("eval", broken, *base, "--metrics", "ppl"), "truncated or corrupt"),
         (("eval", fp16_artifact, *base, "--suite", "nonexistent"), "suite 'nonexistent' not found"),
         (("eval", fp16_artifact, *base, "--tasks", "no_such_task"), "unknown task 'no_such_task'"),
-        (("compare", tmp_path / "nothing.json"), "no eval results"),
+        (("compare", tmp_path / "nothing.json"), "does not exist"),
         (("compare", tmp_path, "--format", "pdf"), "unknown format 'pdf'"),
     ]  # fmt: skip
     for argv, fragment in cases:

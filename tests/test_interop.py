@@ -41,6 +41,7 @@ while float16 rounding moves it by ~1e-3 steps; `STEP_TOL = 0.05` steps sits bet
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, min(2, os.cpu_count() or 1))))
@@ -157,7 +158,11 @@ def _assert_same_weights(ours_model, theirs_model) -> None:
 def test_transformers_loads_our_artifact(
     method, backend, llama_dir, calib_file, input_ids, dense_logits, tmp_path
 ):
-    """compress GPTQ v1 / AWQ GEMM → transformers + optimum + gptqmodel (pure-torch kernels, fp16)."""
+    """compress GPTQ v1 / AWQ GEMM → transformers + optimum + gptqmodel (pure-torch kernels, fp16).
+
+    With the default group size: the widths (64 and 128) would take groups of 64 and 128 layer by
+    layer, which a config.json with one `group_size` cannot describe; the default is one size
+    (64) that divides both."""
     from transformers import AutoModelForCausalLM, AwqConfig, GPTQConfig
 
     out = compress.quantize(
@@ -165,12 +170,12 @@ def test_transformers_loads_our_artifact(
         tmp_path / method,
         method=method,
         bits=4,
-        group_size=GROUP_SIZE,
         calib=str(calib_file),
         calib_samples=8,
         seq_len=SEQ_LEN,
         device="cpu",
     )
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["group_size"] == GROUP_SIZE
     ours_model = _ours(out)
     loading = GPTQConfig(bits=4, backend=backend) if method == "gptq" else AwqConfig(bits=4, backend=backend)
     theirs_model = AutoModelForCausalLM.from_pretrained(

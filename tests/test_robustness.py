@@ -94,6 +94,10 @@ def broken(demo, tmp_path_factory) -> dict[str, Path]:
     (recipes / "bad-method.yaml").write_text(
         head + "stages:\n  - {name: q, quantize: {method: hqq, bits: 4}}\n"
     )
+    offline_eval = "data:\n  eval: {source: 'hf:wikitext:wikitext-2-raw-v1:test'}\n"
+    (recipes / "offline-eval.yaml").write_text(
+        head + offline_eval + "stages:\n  - {name: q, quantize: {method: fp16}}\n"
+    )
     (recipes / "missing-model.yaml").write_text(
         "version: 1\nname: r\nmodel: ./nowhere\nstages:\n  - {name: q, quantize: {method: fp16}}\n"
     )
@@ -202,7 +206,8 @@ CASES: list[tuple[str, str]] = [
     ("eval {artifact} --baseline {model} --metrics ppl --gate nonsense", "gate"),
     ("eval {truncated} --baseline {model} --metrics ppl --data {text_tiny}", ""),
     ("compare {not_json}", ""),
-    ("compare {nowhere}", ""),
+    ("compare {nowhere}", "does not exist"),
+    ("compare {model}", "has no eval results"),
     # inspect
     ("inspect {nowhere}", "not a directory"),
     ("inspect {no_config}", "no config.json"),
@@ -216,6 +221,7 @@ CASES: list[tuple[str, str]] = [
     ("run {recipe_no_stages}", "stage"),
     ("run {recipe_bad_method}", "stages[0].quantize.method"),
     ("run {recipe_missing_model}", ""),
+    ("run {recipe_offline_eval}", "offline"),
     ("run {recipe_no_stages} --set nonsense", ""),
     # data
     ("data {text_random} --tokenizer {model}", "is not text"),

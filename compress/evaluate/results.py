@@ -112,6 +112,8 @@ def load_results(paths: list[Path]) -> list[ModelResult]:
     baselines: list[ModelResult] = []
     results: list[ModelResult] = []
     for path in map(Path, paths):
+        if not path.exists():
+            raise CompressError(f"'{path}' does not exist; give eval JSON reports or evaluated artifacts")
         file = path / EVAL_FILE if path.is_dir() else path
         if not file.is_file():
             raise CompressError(f"'{path}' has no eval results; run `compress eval {path}` first")

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from compress import console
+from compress.data import check_readable
 from compress.evaluate.compare import comparison_rows, sort_rows
 from compress.evaluate.gates import check_gate, parse_gate
 from compress.evaluate.harness import EvalRequest, evaluate
@@ -123,6 +124,7 @@ def run_recipe(
     command = command or shlex.join(
         ["compress", "run", str(loaded.path), *(part for o in loaded.overrides for part in ("--set", o))]
     )
+    _check_data_sources(loaded)
     base = _base_model(recipe.model, build=True)
     paths: dict[str, Path] = {BASE: base.path}
     fingerprints: dict[str, str | None] = {BASE: base.sha256}
@@ -167,6 +169,18 @@ def run_recipe(
     )
     write_reports(result, run_dir, plot=recipe.compare.plot)
     return result
+
+
+def _check_data_sources(loaded: RecipeFile) -> None:
+    """Read the eval text and every calibration text once before any stage runs: offline hub data
+    or a missing file fails the run now, not after its stages."""
+    sources = {loaded.suite.data}
+    for stage in loaded.recipe.stages:
+        calib = getattr(stage_options(loaded.recipe, stage), "calib", None)
+        if isinstance(calib, str):
+            sources.add(calib)
+    for source in sorted(sources):
+        check_readable(source)
 
 
 def _execute(

@@ -23,7 +23,7 @@ from compress.calibrate import (
 )
 from compress.errors import CompressError
 from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
-from compress.quantize.config import QuantizeConfig
+from compress.quantize.config import DEFAULT_GROUP_SIZE, QuantizeConfig
 from compress.quantize.gptq import GPTQ
 from compress.quantize.qweight import QuantizedWeight
 from compress.quantize.rtn import rtn_quantize
@@ -90,6 +90,20 @@ def check_group_size(layout: DecoderLayout, config: QuantizeConfig) -> None:
                     f"{layout.blocks_path}.{index}.{layer.name}; use {divisor}, -1, or leave it unset "
                     "for the automatic per-layer fallback"
                 )
+
+
+def with_default_group(layout: DecoderLayout, config: QuantizeConfig) -> QuantizeConfig:
+    """With no `--group-size`: one group size for every layer when a kernel size divides every
+    width (128, else 64, else 32), so the artifact is a standard GPTQ/AWQ checkpoint that other
+    runtimes load (their config has one `group_size`; SmolLM2's 576 and 1536 take 64). Only when
+    none does are groups chosen per layer (`effective_group_size`), which compress alone loads."""
+    if config.group_size is not None:
+        return config
+    widths = {layer.in_features for block in layout.blocks for layer in find_linear_layers(block)}
+    for size in (DEFAULT_GROUP_SIZE, 64, 32):
+        if all(width % size == 0 for width in widths):
+            return config.model_copy(update={"group_size": size})
+    return config
 
 
 def quantize_rtn(

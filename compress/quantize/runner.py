@@ -115,7 +115,7 @@ def _packed(
     """RTN, GPTQ and AWQ: each block is packed into the artifact as soon as it is quantized."""
     from compress.calibrate import no_hook
     from compress.checkpoint import DEFAULT_SHARD_BYTES
-    from compress.quantize.calibrated import check_group_size, quantize_gptq, quantize_rtn
+    from compress.quantize.calibrated import check_group_size, quantize_gptq, quantize_rtn, with_default_group
     from compress.quantize.packed import FORMATS, PackedWriter, layer_shapes, packed_format
     from compress.streaming import StreamedModel
 
@@ -130,6 +130,7 @@ def _packed(
             streamed = StreamedModel(source, resolve_device(config.device), trust_remote_code)
             model, layout = streamed.model, streamed.layout
     check_group_size(layout, config)
+    config = with_default_group(layout, config)
     if config.method == "awq":
         from compress.quantize.awq import check_supported
 
