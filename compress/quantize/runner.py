@@ -122,8 +122,7 @@ def _packed(
     streamed = None
     with timer.phase("load"):
         if config.max_memory is None:
-            model = load_model(source, "float32", config.device, trust_remote_code)
-            check_finite(model, config.method)
+            model = load_model(source, "float32", config.device, trust_remote_code, require_finite=True)
             layout = discover_layout(model)
         else:
             check_finite_files(source.path)
