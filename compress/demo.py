@@ -14,7 +14,7 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -56,6 +56,9 @@ class DemoRecipe(BaseModel):
     tokenizer_chars: int = 4_000_000
     eval_tokens: int = 65_536
     seed: int = 0
+    #: "auto" trains in bf16 autocast where the CPU computes bf16 natively; the other two force a
+    #: choice, so one machine can check what another machine's build would give (quality tests).
+    autocast: Literal["auto", "bf16", "fp32"] = "auto"
 
 
 FULL_RECIPE = DemoRecipe()
@@ -74,19 +77,24 @@ FAST_RECIPE = DemoRecipe(
 
 
 def recipe_key(recipe: DemoRecipe) -> str:
-    """Cache key: the recipe, the builder version, and what decides the training text (Python)."""
+    """Cache key: the recipe, the builder version, and what decides the training text (Python).
+
+    The autocast setting enters resolved, so "auto" and the explicit choice it resolves to share a build.
+    """
     payload = {
-        "recipe": recipe.model_dump(),
+        "recipe": recipe.model_dump(exclude={"autocast"}),
         "builder": BUILDER_VERSION,
         "python": platform.python_version(),
-        "bf16": _use_bf16_autocast(),
+        "bf16": _use_bf16_autocast(recipe),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _use_bf16_autocast() -> bool:
+def _use_bf16_autocast(recipe: DemoRecipe) -> bool:
     """bf16 autocast where the CPU computes bf16 natively (about 1.7× faster here), fp32 elsewhere."""
-    return native_bf16(torch.device("cpu"))
+    if recipe.autocast == "auto":
+        return native_bf16(torch.device("cpu"))
+    return recipe.autocast == "bf16"
 
 
 def train_tokenizer(recipe: DemoRecipe):
@@ -150,7 +158,7 @@ def _train(model, windows: TokenWindows, recipe: DemoRecipe) -> list[float]:
     # Consecutive windows come from the same file: shuffle them so each batch mixes many files.
     order = torch.randperm(windows.input_ids.shape[0], generator=torch.Generator().manual_seed(recipe.seed))
     batches = windows.input_ids[order].view(recipe.steps, recipe.batch_size, recipe.seq_len)
-    autocast = _use_bf16_autocast()
+    autocast = _use_bf16_autocast(recipe)
     losses: list[float] = []
     model.train()
     with console.progress() as bar:
@@ -199,7 +207,7 @@ def build_demo_model(recipe: DemoRecipe, out: Path) -> dict[str, Any]:
         "first_loss": losses[0],
         "final_loss": losses[-1],
         "losses": losses,
-        "bf16_autocast": _use_bf16_autocast(),
+        "bf16_autocast": _use_bf16_autocast(recipe),
         "train_seconds": round(time.perf_counter() - start, 1),
     }
     if not math.isfinite(score.ppl):
@@ -211,16 +219,21 @@ def build_demo_model(recipe: DemoRecipe, out: Path) -> dict[str, Any]:
     return record
 
 
-def demo_model_dir(fast: bool = False) -> Path:
-    """Where the demo model is cached; it is complete when its record file is there."""
-    recipe = FAST_RECIPE if fast else FULL_RECIPE
+def demo_model_dir(fast: bool = False, recipe: DemoRecipe | None = None) -> Path:
+    """Where the demo model is cached; it is complete when its record file is there.
+
+    `recipe` replaces the standard one (tests train other seeds and autocast settings with it).
+    """
+    recipe = recipe or (FAST_RECIPE if fast else FULL_RECIPE)
     return cache_root() / "demo" / f"{'fast' if fast else 'full'}-{recipe_key(recipe)}"
 
 
-def demo_model(fast: bool = False, rebuild: bool = False) -> tuple[Path, dict[str, Any]]:
+def demo_model(
+    fast: bool = False, rebuild: bool = False, recipe: DemoRecipe | None = None
+) -> tuple[Path, dict[str, Any]]:
     """The cached demo model directory and its record, built first when missing."""
-    recipe = FAST_RECIPE if fast else FULL_RECIPE
-    path = demo_model_dir(fast)
+    recipe = recipe or (FAST_RECIPE if fast else FULL_RECIPE)
+    path = demo_model_dir(fast, recipe)
     record_file = path / RECORD_NAME
     if rebuild or not record_file.is_file():
         build_demo_model(recipe, path)

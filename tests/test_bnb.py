@@ -98,12 +98,17 @@ def _mean_kld(baseline: torch.Tensor, log_probs: torch.Tensor) -> float:
     return kl_divergence(baseline, log_probs).mean().item()
 
 
-def test_int8_is_nearly_lossless(artifacts, baseline_log_probs):
-    assert _mean_kld(baseline_log_probs, artifacts["int8"][1]) <= 0.01
+@pytest.mark.quality
+def test_int8_is_nearly_lossless(artifacts, baseline_log_probs, record_property):
+    kld = _mean_kld(baseline_log_probs, artifacts["int8"][1])
+    record_property("kld", kld)
+    assert kld <= 0.01
 
 
-def test_nf4_beats_fp4_and_both_lose_more_than_int8(artifacts, baseline_log_probs):
+@pytest.mark.quality
+def test_nf4_beats_fp4_and_both_lose_more_than_int8(artifacts, baseline_log_probs, record_property):
     kld = {name: _mean_kld(baseline_log_probs, artifacts[name][1]) for name in ("int8", "nf4", "fp4")}
+    record_property("kld", kld)
     assert kld["int8"] < kld["nf4"] < kld["fp4"], kld
 
 

@@ -20,7 +20,9 @@ from compress.demo import FAST_RECIPE, HELDOUT_SOURCE
 pytestmark = pytest.mark.slow
 
 
-def test_demo_model_learned(demo):
+@pytest.mark.quality
+def test_demo_model_learned(demo, record_property):
+    record_property("heldout_ppl", demo[1]["heldout_ppl"])
     path, record = demo
     # A model that learned nothing scores about its vocabulary size; this one must be far below.
     assert record["vocab_size"] == FAST_RECIPE.vocab_size

@@ -96,7 +96,10 @@ def test_interrupted_generation_resumes_to_the_same_dataset(generations, demo, t
 # --- training quality --------------------------------------------------------------------------------
 
 
-def test_kd_beats_plain_ce_on_the_same_tokens_and_lowers_kld(demo, pruned, generations, tmp_path):
+@pytest.mark.quality
+def test_kd_beats_plain_ce_on_the_same_tokens_and_lowers_kld(
+    demo, pruned, generations, tmp_path, record_property
+):
     from compress.distill.train import train
 
     runs = {
@@ -106,6 +109,7 @@ def test_kd_beats_plain_ce_on_the_same_tokens_and_lowers_kld(demo, pruned, gener
         for loss in ("kl", "ce")
     }
     kd, ce = runs["kl"], runs["ce"]
+    record_property("evaluation", runs)
     assert kd["before"] == ce["before"]  # the same student to start with
     assert kd["after"]["kld_mean"] < 0.7 * kd["before"]["kld_mean"]
     assert kd["after"]["kld_mean"] < ce["after"]["kld_mean"]
@@ -113,7 +117,8 @@ def test_kd_beats_plain_ce_on_the_same_tokens_and_lowers_kld(demo, pruned, gener
     assert kd["gap_recovered"] > 0.3
 
 
-def test_offline_topk_distillation_lowers_kld(demo, pruned, generations, tmp_path):
+@pytest.mark.quality
+def test_offline_topk_distillation_lowers_kld(demo, pruned, generations, tmp_path, record_property):
     from compress.distill.train import train
 
     out = train(
@@ -126,6 +131,7 @@ def test_offline_topk_distillation_lowers_kld(demo, pruned, generations, tmp_pat
         **QUICK,
     )
     evaluation = _evaluation(out)
+    record_property("evaluation", evaluation)
     assert evaluation["after"]["kld_mean"] < 0.8 * evaluation["before"]["kld_mean"]
     assert read_manifest(out).parameters["teacher_logits"] == "offline"
 

@@ -44,9 +44,10 @@ def _kld(path, heldout) -> float:
 RANDOM_SEEDS = (0, 1, 2, 3)
 
 
+@pytest.mark.quality
 @pytest.mark.slow
 @pytest.mark.parametrize("target", [{"mlp": 0.3}, {"heads": 0.25}])
-def test_activation_importance_beats_random(demo, heldout, tmp_path, target):
+def test_activation_importance_beats_random(demo, heldout, tmp_path, target, record_property):
     """Against the mean of several random choices, with a 5% margin: one random draw can be lucky.
 
     With heads 25% only four choices exist (one KV group of four goes), and on the fast demo the
@@ -63,6 +64,7 @@ def test_activation_importance_beats_random(demo, heldout, tmp_path, target):
 
     activation = kld("activation", 0)
     random_mean = sum(kld("random", seed) for seed in RANDOM_SEEDS) / len(RANDOM_SEEDS)
+    record_property("kld", {"activation": activation, "random mean": random_mean})
     assert activation < 0.95 * random_mean, {"activation": activation, "random mean": random_mean}
 
 

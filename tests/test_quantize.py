@@ -75,7 +75,9 @@ def klds(setting) -> dict[tuple[str, int], float]:
     }
 
 
-def test_gptq_and_awq_beat_rtn_at_4_and_3_bits(klds):
+@pytest.mark.quality
+def test_gptq_and_awq_beat_rtn_at_4_and_3_bits(klds, record_property):
+    record_property("kld", {f"{name}-{bits}": kld for (name, bits), kld in klds.items()})
     for bits in (4, 3):
         assert klds[("gptq", bits)] < klds[("rtn-sym", bits)]
         assert (
