@@ -27,12 +27,14 @@ test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 # The quality tests on demo models of three training seeds, with bf16 autocast on and off: what
-# another machine's build could be. Each build trains (about 2 minutes) and is cached. ~40 minutes.
+# another machine's build could be. Each build trains (about 2 minutes) and is cached; the measured
+# values are in .cache/quality-matrix/*.xml (JUnit properties).
 test-quality-matrix: install
 	for seed in 0 1 2; do for autocast in bf16 fp32; do \
 	  echo "== demo seed $$seed, autocast $$autocast"; \
 	  HF_HUB_OFFLINE=1 COMPRESS_TEST_DEMO_SEED=$$seed COMPRESS_TEST_DEMO_AUTOCAST=$$autocast \
-	    $(BIN)/python -m pytest -q -m quality -p no:cacheprovider || exit 1; \
+	    $(BIN)/python -m pytest -q -m quality -p no:cacheprovider -o junit_family=xunit1 \
+	    --junitxml=.cache/quality-matrix/seed$$seed-$$autocast.xml || exit 1; \
 	done; done
 
 lint: install

@@ -83,6 +83,7 @@ def _silence_libraries() -> None:
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["TQDM_DISABLE"] = "1"
+    _disable_tqdm()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -91,6 +92,27 @@ def _silence_libraries() -> None:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+
+
+def _disable_tqdm() -> None:
+    """Every tqdm bar off, including those created with an explicit `disable=False`.
+
+    TQDM_DISABLE only changes tqdm's default, and lm-eval passes `disable=` itself ("Tokenizing
+    inputs", "Running loglikelihood requests"), so the default never applies there; tqdm has no
+    other switch, hence the wrapper. Subclasses (tqdm.auto, tqdm.asyncio) go through it too.
+    """
+    import tqdm
+
+    if getattr(tqdm.tqdm.__init__, "_compress_silenced", False):
+        return
+    original = tqdm.tqdm.__init__
+
+    def silenced(self, *args, **kwargs):
+        kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    silenced._compress_silenced = True  # type: ignore[attr-defined]
+    tqdm.tqdm.__init__ = silenced
 
 
 def _command() -> str:

@@ -30,9 +30,10 @@ stderr = Console(stderr=True, highlight=False)
 
 
 def notice(message: str) -> None:
-    """An informational line on stderr, silenced by --quiet."""
+    """An informational line on stderr, silenced by --quiet; one line however long (the terminal
+    wraps it, not rich), so logs and tests see each notice whole."""
     if not mode.quiet:
-        stderr.print(message)
+        stderr.print(message, soft_wrap=True)
 
 
 def progress() -> Progress:

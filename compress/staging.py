@@ -115,9 +115,11 @@ def staged_directory(out: Path, force: bool = False, marker: str = MANIFEST_NAME
         yield staging
         if not (staging / marker).is_file():
             raise RuntimeError(f"internal error: {out} was staged without its {marker}")
-        (staging / OWNER_FILE).unlink()
         with _parent_lock(out.parent):
             _publish(staging, out)
+        # The owner record goes only once published: staging killed just before its rename still
+        # names a dead owner, so the next run removes it at once rather than after the grace period.
+        (out / OWNER_FILE).unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -138,6 +138,26 @@ def demo(tmp_path_factory) -> tuple[Path, dict]:
     return demo_model(fast=True, recipe=recipe)
 
 
+@pytest.fixture(scope="session")
+def pruned(demo, tmp_path_factory) -> Path:
+    """The distillation student: the demo model with half its MLP and a quarter of its heads pruned."""
+    import compress
+
+    out = tmp_path_factory.mktemp("distill") / "pruned"
+    return compress.prune(demo[0], out, mlp=0.5, heads=0.25, calib_samples=16)
+
+
+@pytest.fixture(scope="session")
+def generations(demo, tmp_path_factory) -> Path:
+    """The demo teacher's completions with its top-16 log-probs, in three shards."""
+    from compress.distill.generate import generate
+
+    out = tmp_path_factory.mktemp("distill") / "generations"
+    return generate(
+        demo[0], out, samples=96, max_new_tokens=64, prompt_tokens=32, store_topk=16, shard_size=32
+    )
+
+
 @pytest.fixture
 def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""

@@ -64,6 +64,9 @@ def test_demo_command_end_to_end(run_cli, demo, tmp_path):
     code, out, err = run_cli("demo", "--fast", "--out", tmp_path / "demo")
     assert code == 0, err
     assert "held-out perplexity" in out and "compress run demo" in out
+    # compress's own progress only: no third-party bars (lm-eval's, tqdm's), warnings or load reports
+    for noise in ("it/s", "%|", "Warning", "Loading weights"):
+        assert noise not in err, err
     assert (tmp_path / "demo" / "fp16" / "compress.json").is_file()
     code, out, _ = run_cli("--json", "demo", "--fast", "--out", tmp_path / "demo")
     payload = json.loads(out)

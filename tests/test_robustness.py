@@ -1,4 +1,6 @@
-"""Bad input across every subcommand: exit 2, one line on stderr, nothing left behind.
+"""Bad input across every subcommand, kills at chosen moments, and concurrent writers.
+
+Bad input: exit 2, one line on stderr, nothing left behind.
 
 Each row of `CASES` is a command line (with placeholders for the fixtures below) and a fragment
 its one error line must contain. After every case the output path must not exist, and no staging
@@ -11,14 +13,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import REPO_ROOT, assert_one_line_error
 from safetensors.torch import load_file, save_file
 
 import compress
+from compress.artifact import read_manifest
 
 WEIGHTS = "model.safetensors"
 
@@ -251,3 +257,145 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(broken, tmp_path, run_c
 
 def test_the_matrix_is_large():
     assert len(CASES) >= 60
+
+
+# --- kills at chosen moments, and concurrent writers: real processes -----------------------------------
+
+#: Runs the CLI with a SIGKILL planted in one function: the process dies the moment that function is
+#: called with a last positional argument whose text matches PATTERN, so a kill lands at an exact
+#: point, not at a clock's.
+PLANTED_KILL = """
+import importlib, os, re, signal, sys
+module, attribute, pattern, *argv = sys.argv[1:]
+owner = importlib.import_module(module)
+*path, name = attribute.split(".")
+for part in path:
+    owner = getattr(owner, part)
+original = getattr(owner, name)
+
+def planted(*args, **kwargs):
+    if args and re.search(pattern, str(args[-1])):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+
+setattr(owner, name, planted)
+from compress.cli import main
+sys.exit(main(argv))
+"""
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+def _killed_at(target: str, pattern: str, *argv: object) -> None:
+    """Run `compress ARGV`; kill it when `target` (module:attribute) is called with `pattern` last."""
+    module, attribute = target.split(":")
+    command = [sys.executable, "-c", PLANTED_KILL, module, attribute, pattern, *(str(a) for a in argv)]
+    finished = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600)
+    assert finished.returncode == -signal.SIGKILL, f"not killed: exit {finished.returncode} {finished.stderr}"
+
+
+def _compress(*argv: object, **env: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "compress", *(str(a) for a in argv)]
+    return subprocess.Popen(command, env=_environment(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(*processes: subprocess.Popen) -> list[tuple[int, str]]:
+    return [(p.wait(timeout=600), p.communicate()[1].decode()) for p in processes]
+
+
+def test_distill_killed_while_saving_a_checkpoint_resumes_from_the_last_complete_one(
+    run_cli, demo, pruned, generations, tmp_path
+):
+    """The kill lands after checkpoint-20's weights and before its optimizer and trainer state."""
+    out = tmp_path / "student"
+    train = ("distill", "train", "--teacher", demo[0], "--student", pruned, "--data", generations,
+             "--out", out, "--steps", "40", "--save-steps", "10", "--no-eval", "--lr", "1e-3")  # fmt: skip
+    _killed_at("transformers:Trainer._save_optimizer_and_scheduler", "checkpoint-20$", *train)
+    checkpoints = tmp_path / "student.work" / "checkpoints"
+    assert (checkpoints / "checkpoint-10" / "trainer_state.json").is_file()
+    assert any((checkpoints / "checkpoint-20").glob("*.safetensors"))
+    assert not (checkpoints / "checkpoint-20" / "trainer_state.json").exists()
+    assert not out.exists()  # no artifact from a killed run
+
+    code, _, err = run_cli(*train)  # checkpoints exist: refuse to silently start over
+    assert_one_line_error(code, err, "--resume")
+    code, _, err = run_cli(*train, "--resume", "--lr", "5e-4")
+    assert_one_line_error(code, err, "--resume", "lr=0.001")
+    code, _, err = run_cli(*train, "--resume")
+    assert code == 0, err
+    assert "skipping checkpoint-20: it was not completely written" in err
+    report = read_manifest(out).extra["distillation"]
+    assert report["steps"] == 40 and report["resumed_from"] == "checkpoint-10"
+    assert not (tmp_path / "student.work").exists() or not list(checkpoints.glob("checkpoint-*"))
+
+
+def test_force_replace_killed_between_its_renames_is_restored_by_the_next_run(demo, run_cli, tmp_path):
+    out = tmp_path / "q"
+    quantize = ("quantize", demo[0], "-m", "rtn", "--bits", "4", "--out", out)
+    assert run_cli(*quantize)[0] == 0
+    before = (out / "compress.json").read_bytes()
+    # staging.rename(q) is the second rename: the old artifact is already at q.old-*, nothing at q.
+    _killed_at("pathlib:Path.rename", "/q$", *quantize, "--bits", "8", "--force")
+    assert not out.exists() and len(list(tmp_path.glob("q.old-*"))) == 1
+
+    code, _, err = run_cli(*quantize)
+    assert_one_line_error(code, err.split("\n", 1)[-1], "already exists; pass --force")
+    assert err.startswith(f"restored {out} from q.old-")
+    assert (out / "compress.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+def test_force_replace_killed_after_its_renames_is_tidied_by_the_next_run(demo, run_cli, tmp_path):
+    out = tmp_path / "q"
+    quantize = ("quantize", demo[0], "-m", "rtn", "--bits", "4", "--out", out)
+    assert run_cli(*quantize)[0] == 0
+    _killed_at("shutil:rmtree", r"/q\.old-", *quantize, "--bits", "8", "--force")
+    assert read_manifest(out).parameters["bits"] == 8 and len(list(tmp_path.glob("q.old-*"))) == 1
+
+    code, _, err = run_cli(*quantize, "--force")
+    assert code == 0, err
+    assert "removed" in err and "interrupted --force replace" in err
+    assert read_manifest(out).parameters["bits"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+def test_recipe_killed_while_publishing_a_stage_reruns_only_that_stage(demo, run_cli, tmp_path):
+    """The kill lands with the int4 stage complete in its staging directory, just before publishing."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"version: 1\nname: k\nmodel: {demo[0]}\n"
+        "stages:\n  - {name: fp16, quantize: {method: fp16}}\n"
+        "  - {name: int4, from: base, quantize: {method: rtn, bits: 4}}\n"
+        "eval: {suite: quick, metrics: [size]}\n"
+    )
+    run_dir = tmp_path / "run"
+    _killed_at("compress.staging:_publish", "/int4$", "--quiet", "run", recipe, "--out", run_dir)
+    assert not (run_dir / "int4").exists() and (run_dir / "fp16" / "compress.json").is_file()
+
+    code, _, err = run_cli("run", recipe, "--out", run_dir)
+    assert code == 0, err
+    statuses = {s["name"]: s["status"] for s in json.loads((run_dir / "results.json").read_text())["stages"]}
+    assert statuses == {"fp16": "cached", "int4": "ran"}
+    assert not list(run_dir.rglob("*.tmp-*")), "the staging directory of the killed stage was left behind"
+
+
+def test_two_quantize_processes_writing_one_out_both_finish_with_one_complete_artifact(demo, tmp_path):
+    out = tmp_path / "q"
+    results = _finish(*(_compress("quantize", demo[0], "-m", "gptq", "--bits", "4", "--calib-samples", "8",
+                                  "--seq-len", "128", "--out", out) for _ in range(2)))  # fmt: skip
+    assert [code for code, _ in results] == [0, 0], results
+    assert read_manifest(out).parameters["method"] == "gptq"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
+
+
+def test_two_evals_filling_one_cold_baseline_store_both_finish(demo, tmp_path):
+    cache = tmp_path / "cache"
+    evaluate = ("--quiet", "eval", demo[0], "--baseline", demo[0], "--suite", "quick",
+                "--metrics", "ppl,kld", "--max-tokens", "4096", "--no-cache")  # fmt: skip
+    results = _finish(*(_compress(*evaluate, COMPRESS_CACHE_DIR=str(cache)) for _ in range(2)))
+    assert [code for code, _ in results] == [0, 0], results
+    stores = [p for p in cache.rglob("*") if p.is_dir() and (p / "store.json").is_file()]
+    assert len(stores) == 1, stores
+    assert not [p for p in cache.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]

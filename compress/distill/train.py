@@ -117,17 +117,26 @@ def _first_difference(recorded: dict[str, Any], current: dict[str, Any], prefix:
     return ""
 
 
-def _last_checkpoint(checkpoints: Path) -> str | None:
-    """The newest *complete* `checkpoint-N`: Trainer writes `trainer_state.json` after the weights
-    and optimizer, so a kill during a save leaves a directory without it, which is skipped."""
+def _last_checkpoint(checkpoints: Path) -> tuple[str | None, list[str]]:
+    """The newest *complete* `checkpoint-N`, and the newer ones skipped as incomplete.
+
+    Trainer writes `trainer_state.json` after the weights and optimizer, so a kill during a save
+    leaves a directory without it.
+    """
     if not checkpoints.is_dir():
-        return None
+        return None, []
     numbered = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    skipped: list[str] = []
     for candidate in sorted(numbered, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
         if (candidate / "trainer_state.json").is_file():
-            return str(candidate)
-        console.notice(f"skipping {candidate.name}: it was not completely written (the run was stopped)")
-    return None
+            return str(candidate), skipped
+        skipped.append(candidate.name)
+    return None, skipped
+
+
+def _say_skipped(incomplete: list[str]) -> None:
+    for name in incomplete:
+        console.notice(f"skipping {name}: it was not completely written (the run was stopped)")
 
 
 def _prepare_work_dir(
@@ -137,7 +146,7 @@ def _prepare_work_dir(
 
     `--force` starts over where the checkpoints cannot be resumed; without it that is an error.
     """
-    last = _last_checkpoint(work / CHECKPOINTS)
+    last, incomplete = _last_checkpoint(work / CHECKPOINTS)
     if last is not None and not resume:
         if not force:
             raise CompressError(
@@ -157,9 +166,11 @@ def _prepare_work_dir(
             console.notice(f"--force: starting over; the checkpoints in '{work}' were made with {difference}")
             last = None
         else:
+            _say_skipped(incomplete)
             console.notice(f"resuming from {last}")
-    elif resume:
-        console.notice(f"--resume: no checkpoint in '{work}' yet; starting from step 0")
+    elif resume and incomplete:  # a fresh directory with --resume is a normal start (recipes resume)
+        _say_skipped(incomplete)
+        console.notice(f"--resume: no complete checkpoint in '{work}'; starting from step 0")
     if is_main and last is None:
         for stale in (CHECKPOINTS, INITIAL, FINAL):  # generations stay: they do not depend on training
             shutil.rmtree(work / stale, ignore_errors=True)
