@@ -9,6 +9,7 @@ of the perplexity gap recovered, and the wall time of each phase (a markdown tab
     python bench/distill.py                          # the test demo model (--fast)
     python bench/distill.py --model demo-full --steps 600
     python bench/distill.py --model stories260K --heads 0.5   # 25% of 8 heads is not a Llama at 64 wide
+    python bench/distill.py --model smollm2 --samples 256 --steps 60 --batch-size 8
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from quality_table import SHARED, _stories_split
+from quality_table import model_and_texts
 
 import compress
 from compress import console
@@ -27,18 +28,9 @@ from compress.distill.generate import generate
 from compress.distill.train import train
 
 
-def _teacher(name: str, work: Path) -> tuple[str, str, str]:
-    """The teacher, its prompt source and its eval text."""
-    if name == "stories260K":
-        calib, heldout = _stories_split(work)
-        return str(SHARED / "models" / "stories260K"), calib, heldout
-    model = compress.demo_model(fast=name == "demo")[0]
-    return str(model), "builtin:python-stdlib:train", "builtin:python-stdlib:heldout"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["demo", "demo-full", "stories260K"], default="demo")
+    parser.add_argument("--model", choices=["demo", "demo-full", "stories260K", "smollm2"], default="demo")
     parser.add_argument("--mlp", type=float, default=0.5, help="share of MLP channels pruned")
     parser.add_argument("--heads", type=float, default=0.25, help="share of query heads pruned")
     parser.add_argument("--samples", type=int, default=1024)
@@ -49,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     console.mode.quiet = True
     work = Path(tempfile.mkdtemp(prefix="compress-distill-"))
-    teacher, prompts, heldout = _teacher(args.model, work)
+    teacher, prompts, heldout = model_and_texts(args.model, work)
 
     started = time.perf_counter()
     student = compress.prune(

@@ -7,6 +7,7 @@ this is the damage distillation has to repair). Prints a markdown table (the REA
 
     python bench/prune_quality.py --model demo           # the test demo model (--fast), stdlib text
     python bench/prune_quality.py --model stories260K    # ../shared/models/stories260K, TinyStories
+    python bench/prune_quality.py --model smollm2        # SmolLM2-135M (compress.realmodel), TinyStories
 
 A target the architecture cannot express (transformers' LlamaConfig requires hidden_size to be a
 multiple of the head count) is reported with its one-line reason.
@@ -18,7 +19,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from quality_table import SHARED, _stories_split
+from quality_table import model_and_texts
 
 import compress
 from compress import console
@@ -34,18 +35,13 @@ DEPTH_METHODS = ("influence", "loss", "random")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["demo", "stories260K"], default="demo")
+    parser.add_argument("--model", choices=["demo", "stories260K", "smollm2"], default="demo")
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=256)
     args = parser.parse_args()
     console.mode.quiet = True
     work = Path(tempfile.mkdtemp(prefix="compress-prune-"))
-    if args.model == "demo":
-        model = str(compress.demo_model(fast=True)[0])
-        calib, data = "builtin:python-stdlib:train", "builtin:python-stdlib:heldout"
-    else:
-        model = str(SHARED / "models" / "stories260K")
-        calib, data = _stories_split(work)
+    model, calib, data = model_and_texts(args.model, work)
     runs = [(label, target, {"importance": m}) for label, target in WIDTH for m in WIDTH_METHODS]
     runs += [(label, target, {"layer_importance": m}) for label, target in DEPTH for m in DEPTH_METHODS]
     artifacts, rows, failures = [], {}, []

@@ -44,6 +44,25 @@ PLAN = [
 ]
 
 
+def model_and_texts(name: str, work: Path) -> tuple[str, str, str]:
+    """A bench model and its calibration and held-out texts, shared by the quality benches.
+
+    `demo` is the test demo model (`--fast`), `demo-full` the full one (stdlib text); stories260K
+    and SmolLM2-135M (its wheel, `compress.realmodel`) take TinyStories, split in two halves.
+    """
+    if name in ("demo", "demo-full"):
+        model = compress.demo_model(fast=name == "demo")[0]
+        return str(model), "builtin:python-stdlib:train", "builtin:python-stdlib:heldout"
+    if name == "smollm2":
+        from compress.realmodel import smollm2_dir
+
+        model = str(smollm2_dir())
+    else:
+        model = str(SHARED / "models" / "stories260K")
+    calib, heldout = _stories_split(work)
+    return model, calib, heldout
+
+
 def _stories_split(directory: Path) -> tuple[str, str]:
     stories = (SHARED / "data" / "tinystories" / "tinystories_valid_first1000.txt").read_text()
     parts = stories.rstrip("\n").split("\n\n")
@@ -65,17 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     console.mode.quiet = True
     work = Path(tempfile.mkdtemp(prefix="compress-quality-"))
-    if args.model == "demo":
-        model = str(compress.demo_model(fast=False)[0])
-        calib, data = "builtin:python-stdlib:train", "builtin:python-stdlib:heldout"
-    else:
-        if args.model == "smollm2":
-            from compress.realmodel import smollm2_dir
-
-            model = str(smollm2_dir())
-        else:
-            model = str(SHARED / "models" / "stories260K")
-        calib, data = _stories_split(work)
+    model, calib, data = model_and_texts("demo-full" if args.model == "demo" else args.model, work)
     artifacts, figures = [], {}
     for method, bits, options in PLAN:
         out = work / f"{method}-{bits}"
