@@ -44,6 +44,23 @@ def test_kl_is_zero_for_the_teacher_itself_and_topk_with_every_token_is_exact():
         assert sparse.item() == pytest.approx(full.item(), rel=1e-5)
 
 
+def test_topk_kl_keeps_the_rest_of_the_vocabulary_as_one_outcome():
+    """At T = 1 the offline loss is the KL of both distributions coarsened to the stored k tokens
+    plus one bucket for the rest: exact, and below the full KL (coarsening loses information)."""
+    torch.manual_seed(1)
+    teacher, student = torch.randn(2, 7, 50) * 2, torch.randn(2, 7, 50) * 2
+    labels = torch.randint(0, 50, (2, 7))
+    p, q = torch.log_softmax(teacher, -1)[:, :-1], torch.log_softmax(student, -1)[:, :-1]
+    stored = torch.log_softmax(teacher, -1).topk(5, dim=-1)
+    ids = stored.indices[:, :-1]
+    p_top, q_top = p.gather(-1, ids).exp(), q.gather(-1, ids).exp()
+    p_rest, q_rest = 1 - p_top.sum(-1), 1 - q_top.sum(-1)
+    coarse = (p_top * (p_top / q_top).log()).sum(-1) + p_rest * (p_rest / q_rest).log()
+    sparse = kl_topk(student, stored.indices, stored.values, labels, 1.0)
+    assert sparse.item() == pytest.approx(coarse.mean().item(), rel=1e-4)
+    assert sparse.item() < kl_full(student, teacher, labels, 1.0).item()
+
+
 # --- generation ------------------------------------------------------------------------------------
 
 

@@ -4,10 +4,14 @@ Position t's logits predict token t + 1, so every term is taken over positions w
 real (not padding), averaged over those tokens. T² keeps the KL gradient's scale independent of the
 temperature (Hinton et al., 2015), so α means the same at any T.
 
-Offline distillation only has the teacher's top-k log-probabilities: the teacher distribution is
-renormalised over those k tokens (at temperature T) and compared with the student's full-softmax
-probabilities of the same tokens. That is the top-k truncation every offline KD pipeline makes; its
-gradient pushes up exactly the tokens the teacher ranks highest.
+Offline distillation only has the teacher's top-k log-probabilities. Both distributions are taken
+over k + 1 outcomes: the k stored tokens and one bucket for the rest of the vocabulary, whose
+teacher mass is what the top k leave (the stored values are true log-probabilities) and whose
+student mass is its full-softmax probability outside them. Renormalising the teacher over the k
+tokens alone, the usual truncation, tells the student the tail is empty: it over-sharpens, and on
+the demo model 30 steps of it lowered the full-vocabulary KLD less than plain cross-entropy did.
+With the bucket the loss is the KL of the two distributions coarsened to those k + 1 outcomes,
+exact at T = 1 (at other T the bucket is tempered as if it were one token).
 """
 
 from __future__ import annotations
@@ -55,6 +59,19 @@ def kl_full(
     return _masked_mean(per_token, _next_token_mask(labels)) * temperature**2
 
 
+def _with_rest(log_probs: torch.Tensor) -> torch.Tensor:
+    """Append log(1 − Σ exp(log_probs)), the mass outside the given tokens, as one more outcome.
+
+    A rest below 1e-6 (the tokens hold everything, up to float32 rounding) is _MASKED, ~0
+    probability rather than −inf or a rounding error; the log uses expm1/log1p where each is accurate.
+    """
+    inside = torch.logsumexp(log_probs, dim=-1, keepdim=True)
+    bounded = inside.clamp(max=-1e-6)
+    rest = torch.where(bounded > -0.6931, torch.log(-torch.expm1(bounded)), torch.log1p(-bounded.exp()))
+    rest = torch.where(inside > -1e-6, torch.full_like(rest, _MASKED), rest.clamp(min=_MASKED))
+    return torch.cat([log_probs, rest], dim=-1)
+
+
 def kl_topk(
     student_logits: torch.Tensor,
     topk_ids: torch.Tensor,
@@ -62,12 +79,14 @@ def kl_topk(
     labels: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """T²·KL over the teacher's stored top-k tokens (offline distillation)."""
+    """T²·KL over the teacher's stored top-k tokens plus the rest of the vocabulary as one outcome
+    (offline distillation)."""
     length = student_logits.shape[1] - 1
     ids = topk_ids[:, :length]
     stored = topk_logprobs[:, :length].float().clamp(min=_MASKED)
-    teacher = F.log_softmax(stored / temperature, dim=-1)
+    teacher = F.log_softmax(_with_rest(stored) / temperature, dim=-1)
     student = F.log_softmax(student_logits[:, :-1].float() / temperature, dim=-1).gather(-1, ids)
+    student = _with_rest(student)
     per_token = (teacher.exp() * (teacher - student)).sum(dim=-1)
     return _masked_mean(per_token, _next_token_mask(labels)) * temperature**2
 
