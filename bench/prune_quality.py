@@ -7,7 +7,7 @@ this is the damage distillation has to repair). Prints a markdown table (the REA
 
     python bench/prune_quality.py --model demo           # the test demo model (--fast), stdlib text
     python bench/prune_quality.py --model stories260K    # ../shared/models/stories260K, TinyStories
-    python bench/prune_quality.py --model smollm2        # SmolLM2-135M (compress.realmodel), TinyStories
+    python bench/prune_quality.py --model smollm2 --depth-methods influence,random   # SmolLM2-135M
 
 A target the architecture cannot express (transformers' LlamaConfig requires hidden_size to be a
 multiple of the head count) is reported with its one-line reason.
@@ -38,12 +38,17 @@ def main() -> None:
     parser.add_argument("--model", choices=["demo", "stories260K", "smollm2"], default="demo")
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument(
+        "--depth-methods", default=",".join(DEPTH_METHODS),
+        help="block importances to run (loss removes each block in turn: 30 forwards on SmolLM2)",
+    )  # fmt: skip
     args = parser.parse_args()
     console.mode.quiet = True
     work = Path(tempfile.mkdtemp(prefix="compress-prune-"))
     model, calib, data = model_and_texts(args.model, work)
     runs = [(label, target, {"importance": m}) for label, target in WIDTH for m in WIDTH_METHODS]
-    runs += [(label, target, {"layer_importance": m}) for label, target in DEPTH for m in DEPTH_METHODS]
+    depth_methods = args.depth_methods.split(",")
+    runs += [(label, target, {"layer_importance": m}) for label, target in DEPTH for m in depth_methods]
     artifacts, rows, failures = [], {}, []
     for label, target, method in runs:
         name = f"{label} · {next(iter(method.values()))}"

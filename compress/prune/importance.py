@@ -1,10 +1,12 @@
 """How much each head, MLP neuron, hidden channel and block matters: the scores pruning ranks by.
 
 Width (heads, neurons, channels), higher is more important:
-- `activation` (default, Minitron): mean L2 norm of each head's attention output, mean |activation|
+- `activation` (default, after Minitron): mean L2 norm of each head's contribution to the residual
+  stream (its attention output through its own columns of the output projection), mean |activation|
   of each MLP neuron (the down projection's input), and mean |activation| of each hidden channel in
   every block's normalised inputs, over the calibration tokens. Collected block by block through the
-  shared sequential calibration engine.
+  shared sequential calibration engine. Minitron scores a head by its attention output *before* the
+  projection; on the demo models that choice lost to random head choices (docs/decisions.md).
 - `magnitude`: L2 norm of the weights that belong to the unit (no data).
 - `taylor`: first-order estimate of the loss change if the unit were removed, |Σ w·∂L/∂w| over its
   weights, with gradients accumulated over the calibration batches (needs a backward pass).
@@ -163,7 +165,8 @@ def _block_output(output) -> torch.Tensor:
 
 
 def activation_scores(model: nn.Module, calibration: torch.Tensor, need: set[str]) -> Scores:
-    """Minitron's activation statistics (and block influence), block by block through the engine."""
+    """Activation statistics (Minitron's, heads through the output projection) and block influence,
+    block by block through the engine."""
     layout, arch, g = discover_layout(model), architecture(model.config), geometry(model)
     heads = torch.zeros(g.num_layers, g.num_heads)
     mlp = torch.zeros(g.num_layers, g.intermediate_size)
@@ -174,9 +177,13 @@ def activation_scores(model: nn.Module, calibration: torch.Tensor, need: set[str
     def transform(index: int, block: nn.Module, inputs: BlockInputs, stages) -> None:
         tokens = sum(h.shape[0] * h.shape[1] for h in inputs.hidden)
 
+        output_weight = _matrix(block, arch, arch.attention_output).float()
+        output_weight = output_weight.reshape(-1, g.num_heads, g.head_dim)
+
         def on_attention(module, args):
             x = args[0].detach().float().reshape(-1, g.num_heads, g.head_dim)
-            heads[index] += x.norm(dim=2).sum(dim=0).cpu() / tokens
+            contribution = torch.einsum("thd,ohd->tho", x, output_weight.to(x.device))
+            heads[index] += contribution.norm(dim=2).sum(dim=0).cpu() / tokens
 
         def on_mlp(module, args):
             mlp[index] += (
