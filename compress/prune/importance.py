@@ -177,12 +177,9 @@ def activation_scores(model: nn.Module, calibration: torch.Tensor, need: set[str
     def transform(index: int, block: nn.Module, inputs: BlockInputs, stages) -> None:
         tokens = sum(h.shape[0] * h.shape[1] for h in inputs.hidden)
 
-        output_weight = _matrix(block, arch, arch.attention_output).float()
-        output_weight = output_weight.reshape(-1, g.num_heads, g.head_dim)
-
         def on_attention(module, args):
             x = args[0].detach().float().reshape(-1, g.num_heads, g.head_dim)
-            contribution = torch.einsum("thd,ohd->tho", x, output_weight.to(x.device))
+            contribution = torch.einsum("thd,ohd->tho", x, output_weight)
             heads[index] += contribution.norm(dim=2).sum(dim=0).cpu() / tokens
 
         def on_mlp(module, args):
@@ -200,6 +197,9 @@ def activation_scores(model: nn.Module, calibration: torch.Tensor, need: set[str
 
         hooks: list[tuple[str, Callable]] = []
         if "heads" in need:
+            # [hidden, heads, head_dim]: each head's own columns of the output projection
+            output_weight = _matrix(block, arch, arch.attention_output).float()
+            output_weight = output_weight.reshape(-1, g.num_heads, g.head_dim)
             hooks.append((arch.attention_output, on_attention))
         if "mlp" in need:
             hooks.append((arch.mlp_output, on_mlp))

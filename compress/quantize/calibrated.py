@@ -26,7 +26,7 @@ from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
 from compress.quantize.config import DEFAULT_GROUP_SIZE, QuantizeConfig
 from compress.quantize.gptq import GPTQ
 from compress.quantize.qweight import QuantizedWeight
-from compress.quantize.rtn import rtn_quantize
+from compress.quantize.rtn import KERNEL_GROUP_SIZES, rtn_quantize
 
 
 @dataclass
@@ -100,7 +100,7 @@ def with_default_group(layout: DecoderLayout, config: QuantizeConfig) -> Quantiz
     if config.group_size is not None:
         return config
     widths = {layer.in_features for block in layout.blocks for layer in find_linear_layers(block)}
-    for size in (DEFAULT_GROUP_SIZE, 64, 32):
+    for size in (size for size in KERNEL_GROUP_SIZES if size <= DEFAULT_GROUP_SIZE):
         if all(width % size == 0 for width in widths):
             return config.model_copy(update={"group_size": size})
     return config
