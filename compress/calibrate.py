@@ -15,6 +15,7 @@ blocks stay float32), which is how GPU tools calibrate and ×3–4 faster on CPU
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -135,32 +136,69 @@ def sequential_stages(block: nn.Module, inputs: BlockInputs) -> list[list[Linear
     """The block's linear layers grouped by shared input, in execution order (one probe forward).
 
     Layers that read the very same tensor (q, k and v after the attention norm; gate and up after
-    the MLP norm) form one stage; the order is the order in which the stages fire.
+    the MLP norm) form one stage; the order is the order in which the stages fire. A stage keeps
+    only a weak reference to the tensor its layers read: while that tensor lives no other can take
+    its address, and once the forward drops it, its memory is free (holding every layer's input
+    until the probe ended cost four of them at once, the MLP's widest among them).
     """
-    layers = find_linear_layers(block)
-    first_seen: dict[int, list[LinearLayer]] = {}
-    order: list[int] = []
-    alive: list[torch.Tensor] = []  # held so that no later tensor can reuse a seen address
+    stages: list[list[LinearLayer]] = []
+    read: list[weakref.ref] = []  # per stage, the tensor its layers read
+    seen: set[str] = set()
 
-    def sink(layer: LinearLayer, tensor: torch.Tensor) -> None:
-        alive.append(tensor)
-        key = tensor.untyped_storage().data_ptr()
-        if key not in first_seen:
-            first_seen[key] = []
-            order.append(key)
-        if layer not in first_seen[key]:
-            first_seen[key].append(layer)
+    def storage_of(tensor: torch.Tensor) -> int:
+        return tensor.untyped_storage().data_ptr()
 
-    probe = BlockInputs(inputs.hidden[:1], inputs.kwargs[:1], inputs.dtype)
-    with record_inputs(layers, sink):
-        run_block(block, probe)
-    stages, seen = [], set()
-    for key in order:
-        stage = [layer for layer in first_seen[key] if layer.name not in seen]
-        seen.update(layer.name for layer in stage)
-        if stage:
-            stages.append(stage)
+    def make_hook(layer: LinearLayer):
+        def hook(module, args):
+            if layer.name in seen:  # a module called twice belongs to the stage of its first call
+                return
+            seen.add(layer.name)
+            tensor = args[0]
+            for stage, ref in zip(stages, read, strict=True):
+                alive = ref()
+                if alive is not None and storage_of(alive) == storage_of(tensor):
+                    stage.append(layer)
+                    return
+            stages.append([layer])
+            read.append(weakref.ref(tensor))
+
+        return hook
+
+    handles = [
+        layer.module.register_forward_pre_hook(make_hook(layer)) for layer in find_linear_layers(block)
+    ]
+    try:
+        run_block(block, BlockInputs(inputs.hidden[:1], inputs.kwargs[:1], inputs.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
     return stages
+
+
+def _signature(block: nn.Module) -> tuple:
+    """What decides a block's stages: its class and its linear layers (names, kinds, shapes)."""
+    layers = [
+        (layer.name, type(layer.module).__name__, layer.in_features, layer.out_features)
+        for layer in find_linear_layers(block)
+    ]
+    return (type(block).__name__, *layers)
+
+
+class StagePlan:
+    """Stages per kind of block: decoders repeat one block, so the probe forward runs once per
+    kind (once per model, for every architecture we support) instead of once per block."""
+
+    def __init__(self) -> None:
+        self._names: dict[tuple, list[list[str]]] = {}
+
+    def stages(self, block: nn.Module, inputs: BlockInputs) -> list[list[LinearLayer]]:
+        signature = _signature(block)
+        if signature not in self._names:
+            found = sequential_stages(block, inputs)
+            self._names[signature] = [[layer.name for layer in stage] for stage in found]
+            return found
+        layers = {layer.name: layer for layer in find_linear_layers(block)}
+        return [[layers[name] for name in stage] for stage in self._names[signature]]
 
 
 #: A technique's per-block step: given the block, its inputs and its stages, transform it in place.
@@ -192,11 +230,12 @@ def calibrate_sequentially(
     """
     inputs = capture_block_inputs(model, layout, input_ids, batch_size)
     inputs.dtype = dtype
+    plan = StagePlan()
     with console.progress() as bar:
         task = bar.add_task(description, total=len(layout.blocks), status="")
         for index, block in enumerate(layout.blocks):
             before_block(index, block)
-            stages = sequential_stages(block, inputs)
+            stages = plan.stages(block, inputs)
             transform(index, block, inputs, stages)
             inputs = BlockInputs(run_block(block, inputs), inputs.kwargs, dtype)
             after_block(index, block)

@@ -9,7 +9,9 @@ expects. Whole-model paths use the same two classes, so there is one way to writ
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import math
+import struct
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from compress.errors import CompressError
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+#: Bytes of a tensor read (or written) at a time when it is streamed by rows.
+ROW_CHUNK_BYTES = 8 * 1024**2
 SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -34,6 +38,7 @@ SAFETENSORS_DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+SAFETENSORS_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 @contextmanager
@@ -103,9 +108,37 @@ class CheckpointReader:
 
     def dtype(self, name: str) -> torch.dtype:
         """The stored dtype, read from the header without loading the tensor."""
+        return self.header(name)[1]
+
+    def header(self, name: str) -> tuple[list[int], torch.dtype]:
+        """The stored shape and dtype, read from the header without loading the tensor."""
         stored = self._require(name)
         with open_safetensors(self.directory / self._file_of[stored]) as handle:
-            return SAFETENSORS_DTYPES[handle.get_slice(stored).get_dtype()]
+            view = handle.get_slice(stored)
+            return list(view.get_shape()), SAFETENSORS_DTYPES[view.get_dtype()]
+
+    def row_chunks(self, name: str, chunk_bytes: int = ROW_CHUNK_BYTES) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, a private copy of the rows from there) over a tensor, a few MB at a time.
+
+        The file is mapped for one chunk at a time: pages read through a mapping count as resident
+        while it is open, so reading a 113 MB embedding through one mapping costs 113 MB.
+        """
+        shape, dtype = self.header(name)
+        stored = self._require(name)
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        step = max(1, chunk_bytes // max(row_bytes, 1))
+        for start in range(0, shape[0], step):
+            with open_safetensors(self.directory / self._file_of[stored]) as handle:
+                yield start, handle.get_slice(stored)[start : start + step].clone()
+
+    def rows(self, name: str, indices: torch.Tensor) -> torch.Tensor:
+        """Rows `indices` (sorted, unique) of a tensor, read chunk by chunk: an embedding's used rows
+        without the whole table ever being resident."""
+        parts = []
+        for start, chunk in self.row_chunks(name):
+            inside = indices[(indices >= start) & (indices < start + chunk.shape[0])]
+            parts.append(chunk[inside - start])
+        return torch.cat(parts)
 
 
 class ShardWriter:
@@ -123,14 +156,45 @@ class ShardWriter:
         self._written: list[tuple[Path, list[str]]] = []
         self.total_bytes = 0
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
+    def _check_new(self, name: str) -> None:
         if name in self._pending or any(name in names for _, names in self._written):
             raise RuntimeError(f"internal error: tensor '{name}' written twice")
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        self._check_new(name)
         size = tensor.numel() * tensor.element_size()
         if self._pending and self._pending_bytes + size > self.max_shard_bytes:
             self.flush()
         self._pending[name] = tensor.detach().to("cpu").contiguous()
         self._pending_bytes += size
+        self.total_bytes += size
+
+    def add_in_chunks(
+        self, name: str, shape: list[int], dtype: torch.dtype, chunks: Iterable[torch.Tensor]
+    ) -> None:
+        """Write one tensor as a shard of its own from consecutive chunks of rows, so that a tensor
+        larger than the shard budget (SmolLM2's embedding is eight of its blocks) is never whole in
+        memory. safetensors has no incremental writer, so the file is laid out here as its format
+        says: the header's length (8 bytes, little-endian), the JSON header padded to 8 bytes, the
+        raw little-endian data."""
+        self._check_new(name)
+        self.flush()
+        size = math.prod(shape) * dtype.itemsize
+        entry = {"dtype": SAFETENSORS_NAMES[dtype], "shape": shape, "data_offsets": [0, size]}
+        header = json.dumps({"__metadata__": {"format": "pt"}, name: entry}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)
+        path = self.directory / f".shard-{len(self._written):05d}.safetensors"
+        written = 0
+        with path.open("wb") as file:
+            file.write(struct.pack("<Q", len(header)))
+            file.write(header)
+            for chunk in chunks:
+                data = chunk.detach().to("cpu", dtype).contiguous().reshape(-1).view(torch.uint8).numpy()
+                file.write(data.data)
+                written += data.nbytes
+        if written != size:
+            raise RuntimeError(f"internal error: '{name}' streamed {written} bytes of {size}")
+        self._written.append((path, [name]))
         self.total_bytes += size
 
     def flush(self) -> None:

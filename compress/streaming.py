@@ -1,17 +1,15 @@
 """A model whose weights stay on disk until a block needs them (`--max-memory`).
 
-The model is built on the meta device (shapes, no storage). The weights outside the decoder blocks
-(embeddings, position embeddings) are read first, because the calibration engine runs the model up
-to block 0 to capture that block's inputs; they are freed as soon as block 0 is loaded. Each block
-is then read from the safetensors checkpoint (memory-mapped, one tensor at a time) just before the
-engine visits it, and freed right after its outputs are computed. Peak memory is one block in
-float32 plus the calibration activations, whatever the model's size.
+The model is built on the meta device (shapes, no storage). The calibration engine runs the model
+up to block 0 to capture that block's inputs, so what runs before block 0 is read first: the input
+embedding only in the rows the calibration windows use (a table of 49k-256k rows is a fifth of a
+small model), the rest as stored; `lm_head` never. They are freed as soon as block 0 is loaded.
+Each block is then read from the safetensors checkpoint (memory-mapped, one tensor at a time) just
+before the engine visits it, and freed right after its outputs are computed. Peak memory is one
+block in float32 plus the calibration activations and GPTQ's Hessian work, whatever the model's size.
 """
 
 from __future__ import annotations
-
-import ctypes
-from contextlib import suppress
 
 import torch
 from accelerate import init_empty_weights
@@ -20,6 +18,7 @@ from torch import nn
 
 from compress.checkpoint import CheckpointReader
 from compress.errors import CompressError
+from compress.memory import prefer_mmap_for_large_allocations, return_freed_memory
 from compress.modeling import DecoderLayout, ModelSource, discover_layout, load_config
 
 
@@ -46,8 +45,25 @@ class StreamedModel:
                 "(re-save it with transformers, or quantize without --max-memory)"
             )
         self._outside = [name for name, _ in self.model.named_parameters() if not self._in_blocks(name)]
+        prefer_mmap_for_large_allocations()
+
+    def calibration_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Load what runs before block 0 and return the ids to run it on.
+
+        The input embedding gets only the rows of the ids in `input_ids` (read a chunk at a time),
+        and the ids are renumbered into that table: the same hidden states for a fraction of the
+        memory. The output embedding is not loaded (with tied weights it is the same tensor)."""
+        used, renumbered = torch.unique(input_ids, return_inverse=True)
+        embedding = self.model.get_input_embeddings()
+        embedding_name = _parameter_name(self.model, embedding)
+        output = self.model.get_output_embeddings()
+        skip = {embedding_name, _parameter_name(self.model, output) if output is not None else ""}
         for name in self._outside:
-            self._load(self.model, name, name)
+            if name not in skip:
+                self._load(self.model, name, name)
+        rows = self.reader.rows(embedding_name, used).to(self.device, torch.float32)
+        embedding.weight = nn.Parameter(rows, requires_grad=False)  # fewer rows than the config says
+        return renumbered
 
     def _in_blocks(self, name: str) -> bool:
         return name.startswith(f"{self.layout.blocks_path}.")
@@ -74,11 +90,9 @@ class StreamedModel:
     def release_block(self, index: int, block: nn.Module) -> None:
         for name, _ in list(block.named_parameters()):
             set_module_tensor_to_device(block, name, "meta")
-        _return_freed_memory()
+        return_freed_memory()
 
 
-def _return_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise), so each block starts from
-    the same floor instead of the high-water mark of the block before."""
-    with suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+def _parameter_name(model: nn.Module, module: nn.Module) -> str:
+    """The state-dict name of `module`'s weight inside `model`."""
+    return next(f"{name}.weight" for name, candidate in model.named_modules() if candidate is module)

@@ -19,11 +19,13 @@ import torch
 
 @dataclass
 class PhaseRecord:
-    """What one phase cost: seconds of wall time and the highest memory seen during it."""
+    """What one phase cost: seconds of wall time and the highest memory seen during it, beside the
+    resident size it started from (their difference is what the phase itself needed)."""
 
     name: str
     wall_s: float
     peak_rss_bytes: int
+    start_rss_bytes: int
     peak_cuda_bytes: int | None = None
 
 
@@ -35,7 +37,7 @@ class _RssSampler(threading.Thread):
         self._process = psutil.Process()
         self._interval_s = interval_s
         self._stop_event = threading.Event()
-        self.peak = self._process.memory_info().rss
+        self.start_rss = self.peak = self._process.memory_info().rss
 
     def run(self) -> None:
         while not self._stop_event.wait(self._interval_s):
@@ -68,7 +70,7 @@ class PhaseTimer:
             wall = time.perf_counter() - start
             peak_rss = sampler.stop()
             peak_cuda = torch.cuda.max_memory_allocated() if cuda else None
-            self.records.append(PhaseRecord(name, round(wall, 4), peak_rss, peak_cuda))
+            self.records.append(PhaseRecord(name, round(wall, 4), peak_rss, sampler.start_rss, peak_cuda))
 
     def as_dicts(self) -> list[dict]:
         return [asdict(r) for r in self.records]

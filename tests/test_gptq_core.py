@@ -45,3 +45,27 @@ def test_gptq_with_an_identity_hessian_is_round_to_nearest(bits, group):
     reference = rtn_quantize(weight, bits, group, sym=True)
     assert torch.equal(ours.q, reference.q)
     torch.testing.assert_close(ours.scales, reference.scales)
+
+
+@pytest.mark.parametrize("width", [64, 172, 300])
+def test_inverse_factor_is_the_upper_cholesky_factor_of_the_damped_inverse(width):
+    """The slab-wise, in-place factorization gives what the direct sequence gives: upper U
+    with UᵀU = (H[order][:, order] + damping)⁻¹, and it consumes the statistics."""
+    torch.manual_seed(width)
+    inputs = torch.randn(4 * width, width) @ torch.randn(width, width)
+    gptq = GPTQ(width)
+    for rows in inputs.split(width):
+        gptq.add_batch(rows)
+    hessian = gptq.hessian.clone()
+    assert torch.allclose(hessian, 2 * inputs.T @ inputs / inputs.shape[0], rtol=1e-4, atol=1e-3)
+    order = torch.argsort(torch.diag(hessian), descending=True)
+    factor, damp = gptq._inverse_cholesky(order, 0.01)
+    permuted = hessian[order][:, order].double()
+    permuted.diagonal().add_(damp * permuted.diagonal().mean())
+    lower = torch.linalg.cholesky(permuted.flip(0, 1))
+    identity = torch.eye(width, dtype=torch.float64)
+    expected = torch.linalg.solve_triangular(lower, identity, upper=False).flip(0, 1).float()
+    # Equal to the last bit on one thread; BLAS may block the two solves differently on several.
+    assert torch.allclose(factor, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    assert torch.equal(factor, factor.triu())
+    assert gptq.hessian is None

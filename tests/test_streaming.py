@@ -94,3 +94,48 @@ def test_smollm2_streams_within_a_quarter_of_its_size(tmp_path):
     in_memory = compress.quantize(source, tmp_path / "memory", **options)
     streamed = compress.quantize(source, tmp_path / "streamed", max_memory="134MB", **options)
     _assert_same_tensors(in_memory, streamed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_a_tensor_written_in_chunks_is_a_standard_safetensors_shard(tmp_path, dtype):
+    """`add_in_chunks` lays the file out by hand; safetensors must read it back exactly, and the
+    reader's row chunks and row gather must give the same rows."""
+    from compress.checkpoint import CheckpointReader, ShardWriter
+
+    table = torch.randn(1001, 7).to(dtype)
+    writer = ShardWriter(tmp_path, max_shard_bytes=1000)
+    writer.add("small", torch.arange(3))
+    writer.add_in_chunks("table", list(table.shape), dtype, table.split(100))
+    writer.finish()
+    assert torch.equal(_tensors(tmp_path)["table"], table)
+    reader = CheckpointReader(tmp_path)
+    chunks = list(reader.row_chunks("table", chunk_bytes=50 * 7 * table.element_size()))
+    assert [start for start, _ in chunks] == list(range(0, 1001, 50))
+    assert torch.equal(torch.cat([rows for _, rows in chunks]), table)
+    indices = torch.tensor([0, 49, 50, 333, 1000])
+    assert torch.equal(reader.rows("table", indices), table[indices])
+
+
+def test_stage_probe_runs_once_per_kind_of_block(tiny_model_dir, monkeypatch):
+    """Decoders repeat one block: the probe forward that finds the stages runs once, and every block
+    gets the same stages over its own layers."""
+    import compress.calibrate as calibrate
+    from compress.modeling import discover_layout, load_model
+
+    model = load_model(resolve_model(tiny_model_dir("llama")), "float32", "cpu")
+    layout = discover_layout(model)
+    probes, seen = [], []
+    real_probe = calibrate.sequential_stages
+
+    def counting_probe(block, inputs):
+        probes.append(block)
+        return real_probe(block, inputs)
+
+    def transform(index, block, inputs, stages):
+        seen.append([[layer.module for layer in stage] for stage in stages])
+        assert all(layer.module in list(block.modules()) for stage in stages for layer in stage)
+
+    monkeypatch.setattr(calibrate, "sequential_stages", counting_probe)
+    calibrate.calibrate_sequentially(model, layout, torch.randint(0, 100, (2, 16)), transform)
+    assert len(probes) == 1 and len(seen) == len(layout.blocks) > 1
+    assert [len(stage) for stage in seen[0]] == [3, 1, 2, 1]  # q/k/v, o, gate/up, down

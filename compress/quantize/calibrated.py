@@ -22,6 +22,7 @@ from compress.calibrate import (
     record_stage,
 )
 from compress.errors import CompressError
+from compress.memory import return_freed_memory
 from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
 from compress.quantize.config import DEFAULT_GROUP_SIZE, QuantizeConfig
 from compress.quantize.gptq import GPTQ
@@ -153,6 +154,8 @@ def quantize_gptq(
                 results.append(
                     apply_quantized(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, stats)
                 )
+            del statistics, quantized
+            return_freed_memory()  # the stage's Hessian work, before the next stage's forward
 
     after_block = block_finished(layout, results, block_done)
     calibrate_sequentially(

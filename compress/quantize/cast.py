@@ -29,9 +29,12 @@ def check_finite(model: nn.Module, method: str) -> None:
 
 
 def check_finite_files(directory: Path) -> None:
-    """Refuse NaN/Inf in a checkpoint, reading one tensor at a time (no model in memory)."""
+    """Refuse NaN/Inf in a checkpoint, reading a few MB of one tensor at a time (no model in memory,
+    not even its embedding: `--max-memory` runs this first)."""
     reader = CheckpointReader(directory)
     for name in reader.names():
-        tensor = reader.get(name)
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CompressError(f"weight '{name}' has NaN or Inf values; the source model is broken")
+        if not reader.dtype(name).is_floating_point:
+            continue
+        for _, rows in reader.row_chunks(name):
+            if not torch.isfinite(rows).all():
+                raise CompressError(f"weight '{name}' has NaN or Inf values; the source model is broken")

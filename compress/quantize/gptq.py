@@ -10,8 +10,6 @@ can run the result), block-wise lazy updates, and damping that grows until Chole
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from compress.errors import CompressError
@@ -20,6 +18,28 @@ from compress.quantize.rtn import dequantize_grid, effective_group_size, grid_pa
 
 LAZY_BLOCK = 128
 MAX_DAMP_TRIES = 6
+#: Rows of calibration inputs widened to float32 at a time when folded into the Hessian.
+ADD_BATCH_ROWS = 512
+#: Columns of R⁻¹ solved at a time (a slab of in × 128 float64).
+INVERSE_SLAB = 128
+
+
+def _reversed_inverse(factor: torch.Tensor) -> torch.Tensor:
+    """J·R⁻¹·J in float32 for a lower-triangular float64 `factor` R (J reverses the order).
+
+    R⁻¹ is solved a slab of columns at a time against the whole of R (a sub-square of R would be
+    copied for LAPACK), each slab landing flipped in the float32 result: R⁻¹ is never whole in
+    float64.
+    """
+    size = factor.shape[0]
+    result = torch.zeros(size, size, dtype=torch.float32, device=factor.device)
+    for start in range(0, size, INVERSE_SLAB):
+        end = min(start + INVERSE_SLAB, size)
+        slab = torch.zeros(size, end - start, dtype=factor.dtype, device=factor.device)
+        slab[start:end].diagonal().fill_(1)
+        torch.linalg.solve_triangular(factor, slab, upper=False, out=slab)
+        result[:, size - end : size - start] = slab.flip(0, 1)
+    return result
 
 
 def lazy_block_width(group_size: int) -> int:
@@ -45,34 +65,47 @@ class GPTQ:
         self.samples = 0
 
     def add_batch(self, inputs: torch.Tensor) -> None:
-        """Fold a batch of inputs [tokens, in_features] into the running mean of 2·x·xᵀ."""
-        x = inputs.to(torch.float32)
-        count = x.shape[0]
+        """Fold a batch of inputs [tokens, in_features] into the running mean of 2·x·xᵀ.
+
+        In place and a slice of rows at a time: a batch of down-projection inputs in float32 is
+        larger than the Hessian itself, and `x.T @ x` would be another Hessian-sized temporary.
+        """
+        count = inputs.shape[0]
         self.hessian *= self.samples / (self.samples + count)
         self.samples += count
-        x = x * math.sqrt(2 / self.samples)
-        self.hessian += x.T @ x
+        for rows in inputs.split(ADD_BATCH_ROWS):
+            x = rows.to(torch.float32)
+            self.hessian.addmm_(x.T, x, alpha=2 / self.samples)
 
-    def _inverse_cholesky(self, hessian: torch.Tensor, damp_percent: float) -> tuple[torch.Tensor, float]:
-        """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU), raising the damping ×10 each time the
-        factorization fails.
+    def _inverse_cholesky(self, order: torch.Tensor, damp_percent: float) -> tuple[torch.Tensor, float]:
+        """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU) for the columns in `order`, in float32, and the
+        damping used, raised ×10 each time the factorization fails. Consumes the statistics.
 
         With J the order-reversing permutation and J·H·J = R·Rᵀ (R lower), U = J·R⁻¹·J: one
         factorization and one triangular solve, instead of factorizing H, inverting it and
-        factorizing the inverse (same factor to 1e-15, a third less time and memory).
+        factorizing the inverse (same factor to 1e-15, a third less time and memory). For a wide
+        layer (an MLP down projection) these in×in matrices are the largest allocations of a whole
+        streamed run, so at most two exist at once: the permutation is taken in float32 before
+        widening, R overwrites its input, and R⁻¹ is solved a slab of columns at a time straight
+        into the float32 result (in×in float64, float32 and one slab at the peak, where the
+        straightforward sequence held five in×in float64 matrices).
         """
-        mean_diagonal = torch.mean(torch.diag(hessian)).item()
+        reverse = order.flip(0)
+        reversed_hessian = self.hessian[reverse[:, None], reverse]
+        self.hessian = None
+        diagonal = reversed_hessian.diagonal().to(torch.float64)
+        mean_diagonal = torch.mean(diagonal.flip(0)).item()
         damp = damp_percent
-        # Each in×in float64 intermediate is dropped as soon as the next exists: for a wide layer
-        # (an MLP down projection) they are the largest allocations of the whole run.
         for _ in range(MAX_DAMP_TRIES):
-            reversed_damped = hessian.flip(0, 1)
-            reversed_damped.diagonal().add_(damp * mean_diagonal)
-            factor, info = torch.linalg.cholesky_ex(reversed_damped)
-            del reversed_damped
+            # Symmetric, so its transpose is itself, laid out column-major: LAPACK factorizes that
+            # in place, where a row-major matrix would first be copied.
+            factor = reversed_hessian.to(torch.float64).mT
+            factor.diagonal().add_(damp * mean_diagonal)
+            _, info = torch.linalg.cholesky_ex(factor, out=(factor, torch.empty((), dtype=torch.int32)))
             if info.item() == 0:
-                identity = torch.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
-                return torch.linalg.solve_triangular(factor, identity, upper=False).flip(0, 1), damp
+                del reversed_hessian
+                return _reversed_inverse(factor), damp
+            del factor
             damp *= 10
         raise CompressError("GPTQ could not factorize a layer's Hessian even with heavy damping")
 
@@ -86,7 +119,8 @@ class GPTQ:
         damp_percent: float = 0.01,
     ) -> tuple[QuantizedWeight, dict[str, float]]:
         """Quantize `weight` [out, in]; returns the integers and statistics (error, damping used)."""
-        qw, losses, damp = self._sweep(weight, bits, group_size, sym, act_order, damp_percent)
+        owned = weight.detach().clone()
+        qw, losses, damp = self._sweep(owned, bits, group_size, sym, act_order, damp_percent)
         return qw, {"gptq_loss": losses.sum().item(), "damp_percent": damp, "samples": self.samples}
 
     def quantize_stacked(
@@ -120,26 +154,24 @@ class GPTQ:
         act_order: bool,
         damp_percent: float,
     ) -> tuple[QuantizedWeight, torch.Tensor, float]:
-        """The GPTQ column sweep; returns the integers, each row's loss, and the damping used."""
-        w = weight.detach().to(torch.float64).clone()
+        """The GPTQ column sweep; returns the integers, each row's loss, and the damping used.
+
+        `weight` is the caller's to give away (a copy or a stack): it is overwritten, not copied again.
+        """
+        w = weight.to(torch.float32)
         columns = w.shape[1]
         size = effective_group_size(columns, group_size)
-        hessian = self.hessian.to(torch.float64)
-        self.hessian = None  # statistics are consumed once; the float64 copy replaces them
-        dead = torch.diag(hessian) == 0
-        hessian[dead, dead] = 1
+        dead = torch.diag(self.hessian) == 0
+        self.hessian[dead, dead] = 1
         w[:, dead] = 0
 
         static_scales, static_zeros = self._static_grid(w, size, bits, sym)
-        order = torch.argsort(torch.diag(hessian), descending=True) if act_order else torch.arange(columns)
-        w, hessian = w[:, order], hessian[order[:, None], order]
-        h_inv, damp = self._inverse_cholesky(hessian, damp_percent)
-        del hessian
-        # The factorization needs float64; the column sweep does not, and runs twice as fast in float32.
-        w, h_inv = w.float(), h_inv.float()
-        static_scales, static_zeros = static_scales.float(), static_zeros.float()
+        importance = torch.diag(self.hessian)
+        order = torch.argsort(importance, descending=True) if act_order else torch.arange(columns)
+        w = w[:, order]
+        h_inv, damp = self._inverse_cholesky(order, damp_percent)
 
-        q = torch.zeros_like(w)
+        q = torch.zeros(w.shape, dtype=torch.int32)
         losses = torch.zeros(w.shape[0])
         block = lazy_block_width(size)
         group_of = order // size  # static groups follow the original column's position
@@ -187,9 +219,5 @@ class GPTQ:
     @staticmethod
     def _static_grid(w: torch.Tensor, size: int, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-group grids [out, groups] from the unquantized weights (act-order's static groups)."""
-        grids = [
-            grid_params(w[:, g * size : (g + 1) * size].float(), bits, sym) for g in range(w.shape[1] // size)
-        ]
-        return torch.stack([s for s, _ in grids], dim=1).double(), torch.stack(
-            [z for _, z in grids], dim=1
-        ).double()
+        grids = [grid_params(w[:, g * size : (g + 1) * size], bits, sym) for g in range(w.shape[1] // size)]
+        return torch.stack([s for s, _ in grids], dim=1), torch.stack([z for _, z in grids], dim=1)

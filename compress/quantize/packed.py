@@ -10,6 +10,7 @@ the stored tensors are loaded into them: no gptqmodel, no CUDA needed.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections import Counter
@@ -131,18 +132,25 @@ class PackedWriter:
         self.shards = ShardWriter(directory, max_shard_bytes)
         self._outside = [name for name in model.state_dict() if not name.startswith(f"{self.blocks_path}.")]
 
-    def _stored_dtype(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """An unquantized tensor as the artifact stores it: float16 where the source has float32
-        (bfloat16 and float16 sources keep theirs), unless `keep_dtype`."""
-        source_dtype = self.reader.dtype(name) if name in self.reader else tensor.dtype
-        dtype = source_dtype
+    def _source_dtype(self, name: str, tensor_dtype: torch.dtype) -> torch.dtype:
+        return self.reader.dtype(name) if name in self.reader else tensor_dtype
+
+    def _artifact_dtype(self, name: str, tensor_dtype: torch.dtype) -> torch.dtype:
+        """float16 where the source has float32 (bfloat16 and float16 sources keep theirs), unless
+        `keep_dtype`."""
+        source_dtype = self._source_dtype(name, tensor_dtype)
         if source_dtype == torch.float32 and not self.config.keep_dtype:
-            dtype = torch.float16
+            return torch.float16
+        return source_dtype
+
+    def _stored_dtype(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """An unquantized tensor (or a chunk of its rows) as the artifact stores it."""
+        dtype = self._artifact_dtype(name, tensor.dtype)
         stored = tensor.to(dtype)
         if dtype == torch.float16 and not torch.isfinite(stored).all():
             raise CompressError(
                 f"{name} has values beyond float16's range (±65504); pass --keep-dtype to store it in "
-                f"{str(source_dtype).removeprefix('torch.')}"
+                f"{str(self._source_dtype(name, tensor.dtype)).removeprefix('torch.')}"
             )
         return stored
 
@@ -165,8 +173,15 @@ class PackedWriter:
         """Copy the tensors outside the blocks, name the shards, write the configs; returns the
         `quantization_config` written."""
         for name in self._outside:
-            if name in self.reader:  # tied `lm_head.weight` is not stored, as transformers saves it
+            if name not in self.reader:  # tied `lm_head.weight` is not stored, as transformers saves it
+                continue
+            shape, dtype = self.reader.header(name)
+            stored = self._artifact_dtype(name, dtype)
+            if math.prod(shape) * stored.itemsize <= self.shards.max_shard_bytes:
                 self.shards.add(name, self._stored_dtype(name, self.reader.get(name)))
+            else:  # larger than a shard (an embedding, streamed): converted and written by rows
+                rows = (self._stored_dtype(name, chunk) for _, chunk in self.reader.row_chunks(name))
+                self.shards.add_in_chunks(name, shape, stored, rows)
         self.shards.finish()
         quantization = quantization_config_for(self.config, self.fmt, results, self.blocks_path)
         load_config(self.source).save_pretrained(self.directory)

@@ -164,14 +164,17 @@ def _packed(
 
     hooks = {"before_block": streamed.load_block if streamed else no_hook, "block_done": block_done}
     with timer.phase("quantize"):
+        input_ids = windows.input_ids if windows is not None else None
+        if streamed is not None and input_ids is not None:
+            input_ids = streamed.calibration_input_ids(input_ids)
         if config.method == "rtn":
             results = quantize_rtn(layout, config, **hooks)
         elif config.method == "gptq":
-            results = quantize_gptq(model, layout, windows.input_ids, config, **hooks)
+            results = quantize_gptq(model, layout, input_ids, config, **hooks)
         else:
             from compress.quantize.awq import quantize_awq
 
-            results = quantize_awq(model, layout, windows.input_ids, config, **hooks)
+            results = quantize_awq(model, layout, input_ids, config, **hooks)
     with timer.phase("save"):
         writer.finish(results)
         copy_tokenizer_files(source.path, staging)
