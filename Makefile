@@ -10,7 +10,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-quality-matrix lint format bench clean
+.PHONY: install demo test test-fast test-quality-matrix lint format bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# The day-to-day loop: tests that need no trained model and are not marked slow (cores on tiny
+# tensors, surgery, packing and kernels on tiny random models, CLI errors). `make test` is the suite.
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m fast -p no:cacheprovider
 
 # The quality tests on demo models of three training seeds, with bf16 autocast on and off: what
 # another machine's build could be. Each build trains (about 2 minutes) and is cached; the measured

@@ -27,6 +27,16 @@ from torch import nn
 from compress import console
 from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
 
+#: Tokens per calibration forward. A forward's transient activations (the MLP's wide intermediates,
+#: attention's per-head tensors) grow with the tokens it carries, not with the model: 512 tokens keep
+#: them a fraction of a block whether windows are 64 tokens (8 per forward) or 2,048 (1 per forward).
+FORWARD_TOKENS = 512
+
+
+def forward_batch(seq_len: int) -> int:
+    """Calibration windows per forward for windows of `seq_len` tokens."""
+    return max(1, FORWARD_TOKENS // seq_len)
+
 
 class _StopForward(Exception):
     """Raised by the block-0 hook once its inputs are captured: the rest of the model is not needed."""

@@ -27,6 +27,16 @@ STORIES_MODEL = SHARED / "models" / "stories260K"
 TINYSTORIES_TEXT = SHARED / "data" / "tinystories" / "tinystories_valid_first1000.txt"
 
 TINY_VOCAB = 300
+#: Fixtures that train or load a trained model: tests using one are not in the fast tier.
+TRAINED_MODEL_FIXTURES = {"demo", "pruned", "generations"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the fast tier (`make test-fast`, `-m fast`): tests that need neither a trained model nor
+    the `slow` mark, i.e. tiny tensors and tiny random models only. The full suite is unchanged."""
+    for item in items:
+        if not TRAINED_MODEL_FIXTURES & set(item.fixturenames) and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)
 
 
 def _tiny_configs() -> dict[str, object]:

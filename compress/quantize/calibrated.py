@@ -18,6 +18,7 @@ from compress.calibrate import (
     BlockHook,
     BlockInputs,
     calibrate_sequentially,
+    forward_batch,
     no_hook,
     record_stage,
 )
@@ -130,11 +131,13 @@ def quantize_gptq(
     layout: DecoderLayout,
     calibration: torch.Tensor,
     config: QuantizeConfig,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     before_block: BlockHook = no_hook,
     block_done: BlockDone | None = None,
 ) -> list[LayerResult]:
-    """GPTQ, block by block and stage by stage, each stage's Hessian from the quantized earlier ones."""
+    """GPTQ, block by block and stage by stage, each stage's Hessian from the quantized earlier ones.
+
+    `batch_size` windows per forward; by default `forward_batch` of the window length."""
     results: list[LayerResult] = []
 
     def transform(index: int, block: nn.Module, inputs: BlockInputs, stages: list[list[LinearLayer]]) -> None:
@@ -163,7 +166,7 @@ def quantize_gptq(
         layout,
         calibration,
         transform,
-        batch_size,
+        batch_size or forward_batch(calibration.shape[1]),
         "GPTQ",
         before_block,
         after_block,
