@@ -17,13 +17,14 @@ import torch
 from compress.errors import CompressError
 
 IGNORE_INDEX = -100
+#: A generation directory: its request and state, and the finished shards (datasets on disk).
+GENERATION_FILE = "generation.json"
+SHARDS_DIR = "shards"
 
 
 def load_generations(path: str | Path, require_finished: bool = True):
     """The concatenated shards of a generation directory and its `generation.json`."""
     from datasets import concatenate_datasets, load_from_disk
-
-    from compress.distill.generate import GENERATION_FILE, SHARDS_DIR
 
     path = Path(path)
     try:

@@ -25,6 +25,7 @@ import torch
 from compress import console
 from compress.artifact import check_output_path, write_text_atomic
 from compress.distill.config import GenerateConfig, parse_config
+from compress.distill.dataset import GENERATION_FILE, SHARDS_DIR, load_generations
 from compress.distill.engines import CompletionEngine, check_engine, open_engine
 from compress.distill.prompts import Prompts, load_prompts
 from compress.errors import CompressError
@@ -38,8 +39,6 @@ from compress.modeling import (
 )
 from compress.version import __version__
 
-GENERATION_FILE = "generation.json"
-SHARDS_DIR = "shards"
 FORMAT = "compress-generations"
 
 
@@ -327,7 +326,6 @@ def _generate_into(
 
 
 def _totals(out: Path) -> tuple[int, int]:
-    from compress.distill.dataset import load_generations
 
     dataset, _ = load_generations(out, require_finished=False)
     return len(dataset), sum(len(ids) for ids in dataset["input_ids"])

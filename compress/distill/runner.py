@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from compress.distill.config import DistillConfig, GenerateConfig, TrainConfig, parse_config
-from compress.distill.generate import GENERATION_FILE, generate
+from compress.distill.dataset import GENERATION_FILE
+from compress.distill.generate import generate
 from compress.distill.train import check_training_request, default_work_dir, train
 from compress.errors import CompressError
 

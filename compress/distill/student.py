@@ -98,9 +98,9 @@ def _prune_options(overrides: dict[str, int]) -> dict[str, int]:
 def _from_teacher(
     teacher: ModelSource, overrides: dict[str, int], config: TrainConfig, trust_remote_code: bool
 ):
+    from compress.prune.cut import cut
     from compress.prune.importance import width_scores
     from compress.prune.plan import PruneConfig, plan_sizes
-    from compress.prune.runner import cut
     from compress.prune.surgery import remove_blocks
 
     model = load_model(teacher, "float32", "cpu", trust_remote_code, require_finite=True)
