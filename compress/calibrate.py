@@ -185,13 +185,12 @@ def sequential_stages(block: nn.Module, inputs: BlockInputs) -> list[list[Linear
     return stages
 
 
-def _signature(block: nn.Module) -> tuple:
+def _signature(block: nn.Module, layers: list[LinearLayer]) -> tuple:
     """What decides a block's stages: its class and its linear layers (names, kinds, shapes)."""
-    layers = [
-        (layer.name, type(layer.module).__name__, layer.in_features, layer.out_features)
-        for layer in find_linear_layers(block)
+    shapes = [
+        (layer.name, type(layer.module).__name__, layer.in_features, layer.out_features) for layer in layers
     ]
-    return (type(block).__name__, *layers)
+    return (type(block).__name__, *shapes)
 
 
 class StagePlan:
@@ -202,13 +201,14 @@ class StagePlan:
         self._names: dict[tuple, list[list[str]]] = {}
 
     def stages(self, block: nn.Module, inputs: BlockInputs) -> list[list[LinearLayer]]:
-        signature = _signature(block)
+        layers = find_linear_layers(block)
+        signature = _signature(block, layers)
         if signature not in self._names:
             found = sequential_stages(block, inputs)
             self._names[signature] = [[layer.name for layer in stage] for stage in found]
             return found
-        layers = {layer.name: layer for layer in find_linear_layers(block)}
-        return [[layers[name] for name in stage] for stage in self._names[signature]]
+        by_name = {layer.name: layer for layer in layers}
+        return [[by_name[name] for name in stage] for stage in self._names[signature]]
 
 
 #: A technique's per-block step: given the block, its inputs and its stages, transform it in place.

@@ -67,6 +67,7 @@ class CheckpointReader:
         self.directory = Path(directory)
         self.base_model_prefix = base_model_prefix
         self._file_of: dict[str, str] = {}
+        self._headers: dict[str, tuple[list[int], torch.dtype]] = {}
         for file in sorted(self.directory.glob("*.safetensors")):
             with open_safetensors(file) as handle:
                 for key in handle.keys():  # noqa: SIM118 - safe_open handles are not mappings
@@ -111,11 +112,14 @@ class CheckpointReader:
         return self.header(name)[1]
 
     def header(self, name: str) -> tuple[list[int], torch.dtype]:
-        """The stored shape and dtype, read from the header without loading the tensor."""
+        """The stored shape and dtype, read from the header without loading the tensor (once per
+        tensor: chunked reads and per-chunk dtype conversions ask again)."""
         stored = self._require(name)
-        with open_safetensors(self.directory / self._file_of[stored]) as handle:
-            view = handle.get_slice(stored)
-            return list(view.get_shape()), SAFETENSORS_DTYPES[view.get_dtype()]
+        if stored not in self._headers:
+            with open_safetensors(self.directory / self._file_of[stored]) as handle:
+                view = handle.get_slice(stored)
+                self._headers[stored] = (list(view.get_shape()), SAFETENSORS_DTYPES[view.get_dtype()])
+        return self._headers[stored]
 
     def row_chunks(self, name: str, chunk_bytes: int = ROW_CHUNK_BYTES) -> Iterator[tuple[int, torch.Tensor]]:
         """(first row, a private copy of the rows from there) over a tensor, a few MB at a time.

@@ -326,6 +326,5 @@ def _generate_into(
 
 
 def _totals(out: Path) -> tuple[int, int]:
-
     dataset, _ = load_generations(out, require_finished=False)
     return len(dataset), sum(len(ids) for ids in dataset["input_ids"])
