@@ -153,15 +153,19 @@ def model_sizes(path: Path) -> dict:
 
 
 def bench_streaming(
-    root: Path, samples: int, seq_len: int, model: Path | None = None, layers: int = 8
+    root: Path, sample_counts: list[int], seq_len: int, model: Path | None = None, layers: int = 8
 ) -> None:
-    """GPTQ on a model ≥4× `--max-memory`, streamed, beside the same run with the model in memory.
+    """GPTQ on a model ≥4× `--max-memory`, streamed, beside the same run with the model in memory,
+    at each calibration size in `sample_counts`.
 
     Two figures, each against one float32 block plus the calibration activations (a block's inputs
     and outputs, float32), the engine's floor: the growth of resident memory over the process's size
     after imports (torch and transformers alone take a few hundred MB), which also counts the
-    tokenizer, the calibration text and the output written at the end; and the growth within the
-    quantize phase over its start (the manifest's phases), which is the calibration engine alone.
+    tokenizer, the calibration text, the library code paged in on first use and the output written
+    at the end; and the growth within the quantize phase over its start (the manifest's phases),
+    which is the calibration engine alone. Several calibration sizes, because the engine's own costs
+    (GPTQ's Hessian work on the widest layer, the packed shard being filled) do not grow with the
+    calibration while the floor does: a small calibration shows them at their largest relative size.
     `model` None: a synthetic Llama whose blocks dominate its size; else that model (e.g. SmolLM2,
     whose embedding is a fifth of it).
     """
@@ -172,33 +176,35 @@ def bench_streaming(
     else:
         label = model.name
     sizes = model_sizes(model)
-    # The calibration text as a small file: reading the whole stdlib corpus to sample from it would
-    # cost more memory than a block, and that cost belongs to the data, not to the engine.
-    calib = calibration_text(model, samples, seq_len, root / "calibration.txt")
-    activations = 2 * samples * seq_len * sizes["hidden"] * 4 / 1e6
     budget = f"{int(sizes['total_mb'] / 4)}MB"
     print(
         f"\nstreaming: {label}, float32 weights {sizes['total_mb']:.0f} MB, "
-        f"one block {sizes['block_mb']:.1f} MB, activations {activations:.1f} MB, --max-memory {budget}\n"
+        f"one block {sizes['block_mb']:.1f} MB, --max-memory {budget}\n"
     )
     print(
-        "| run | wall s | resident growth MB | / (block + activations) "
-        "| quantize phase growth MB | / (block + activations) |"
+        "| calibration | run | wall s | floor MB (block + activations) | resident growth MB | / floor "
+        "| quantize phase growth MB | / floor |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
-    floor = sizes["block_mb"] + activations
-    for label, options in (("in memory", {}), (f"--max-memory {budget}", {"max_memory": budget})):
-        out = root / f"streaming-{'stream' if options else 'memory'}"
-        figures = run(model, out, "gptq", 4, samples, seq_len, calib, **options)
-        if "error" in figures:
-            print(f"| {label} | failed: {figures['error']} | | |")
-            continue
-        growth = (figures["peak_rss_mib"] - figures["base_rss_mib"]) * 1.048576
-        engine = figures["quantize_growth_mib"] * 1.048576
-        print(
-            f"| {label} | {figures['wall_s']:.1f} | {growth:.0f} | {growth / floor:.2f} "
-            f"| {engine:.0f} | {engine / floor:.2f} |"
-        )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for samples in sample_counts:
+        # The calibration text as a small file: reading the whole stdlib corpus to sample from it
+        # would cost more memory than a block, and that cost belongs to the data, not to the engine.
+        calib = calibration_text(model, samples, seq_len, root / f"calibration-{samples}.txt")
+        activations = 2 * samples * seq_len * sizes["hidden"] * 4 / 1e6
+        floor = sizes["block_mb"] + activations
+        for run_label, options in (("in memory", {}), (f"--max-memory {budget}", {"max_memory": budget})):
+            out = root / f"streaming-{samples}-{'stream' if options else 'memory'}"
+            figures = run(model, out, "gptq", 4, samples, seq_len, calib, **options)
+            row = f"| {samples} × {seq_len} | {run_label}"
+            if "error" in figures:
+                print(f"{row} | failed: {figures['error']} | | | | | |")
+                continue
+            growth = (figures["peak_rss_mib"] - figures["base_rss_mib"]) * 1.048576
+            engine = figures["quantize_growth_mib"] * 1.048576
+            print(
+                f"{row} | {figures['wall_s']:.1f} | {floor:.1f} | {growth:.0f} | {growth / floor:.2f} "
+                f"| {engine:.0f} | {engine / floor:.2f} |"
+            )
 
 
 def run(
@@ -344,6 +350,12 @@ def main() -> None:
         default="synthetic",
         help="the --max-memory run",
     )
+    parser.add_argument(
+        "--streaming-samples",
+        default=None,
+        help="comma-separated calibration window counts for the --max-memory run, each within the budget "
+        "(default: 16,64 on SmolLM2, 16 on the synthetic model)",
+    )
     args = parser.parse_args()
     from compress.demo import demo_model
 
@@ -375,12 +387,14 @@ def main() -> None:
 
             models["SmolLM2-135M"] = smollm2_dir()
         compare_gptqmodel(models, root, args.samples, args.seq_len)
+        counts = args.streaming_samples or ("16,64" if args.streaming == "smollm2" else "16")
+        sample_counts = [int(count) for count in counts.split(",")]
         if args.streaming == "synthetic":
-            bench_streaming(root, min(args.samples, 16), args.seq_len)
+            bench_streaming(root, sample_counts, args.seq_len)
         elif args.streaming == "smollm2":
             from compress.realmodel import smollm2_dir
 
-            bench_streaming(root, min(args.samples, 16), args.seq_len, smollm2_dir())
+            bench_streaming(root, sample_counts, args.seq_len, smollm2_dir())
 
 
 if __name__ == "__main__":
