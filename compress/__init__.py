@@ -21,7 +21,7 @@ _LAZY = {
     "quantize": ("compress.quantize", None),  # a callable package: see callable_module.py
     "QuantizeConfig": ("compress.quantize.config", "QuantizeConfig"),
     "prune": ("compress.prune", None),  # a callable package too
-    "PruneConfig": ("compress.prune.plan", "PruneConfig"),
+    "PruneConfig": ("compress.prune.config", "PruneConfig"),
     "distill": ("compress.distill", None),  # callable: compress.distill(teacher, student, out, …)
     "DistillConfig": ("compress.distill.config", "DistillConfig"),
     "inspect": ("compress.artifact", "describe"),

@@ -23,10 +23,12 @@ from pydantic import BaseModel, Field
 
 from compress.checkpoint import open_safetensors
 from compress.errors import CompressError
-from compress.modeling import MANIFEST_NAME, ModelSource, fingerprint_files, resolve_device
+from compress.modeling import MANIFEST_NAME, ModelSource, count_parameters, fingerprint_files, resolve_device
 from compress.version import __version__
 
 MANIFEST_SCHEMA_VERSION = 1
+#: The format of a plain `transformers` model: safetensors weights in the model's own dtype.
+DENSE_FORMAT = "dense-safetensors"
 TRACKED_LIBRARIES = (
     "torch",
     "transformers",
@@ -159,6 +161,65 @@ def write_text_atomic(path: Path, text: str) -> None:
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def new_manifest(
+    *,
+    method: str,
+    config: BaseModel,
+    source: ModelSource,
+    command: str,
+    recipe: dict[str, Any] | None,
+    format: str,
+    phases: list[dict[str, Any]],
+    device: torch.device,
+    calibration: dict[str, Any] | None = None,
+    seed: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """The manifest every technique writes: what it ran (`method`, the whole `config`), on what
+    (`source`'s lineage), how it was asked (`command`, the `recipe` stage), its cost (`phases`,
+    `device`) and the libraries that decide its numbers. `model` is filled by `publish`."""
+    return Manifest(
+        command=command,
+        recipe=recipe,
+        lineage=lineage_for(source),
+        method=method,
+        parameters=config.model_dump(),
+        format=format,
+        calibration=calibration,
+        seed=seed,
+        phases=phases,
+        libraries=library_versions(),
+        device=device_description(device),
+        extra=extra or {},
+    )
+
+
+def publish(
+    staging: Path,
+    manifest: Manifest,
+    model: torch.nn.Module,
+    parameters: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """The last write of every technique, into its staging directory: the manifest (with the model
+    it describes, and the fingerprint of the files beside it), then the model card.
+
+    `parameters` and `dtype` default to the model's own; a packed model hides how many weights its
+    tensors stand for, so the caller gives the source's count. After this the directory is renamed
+    into place and the manifest is never rewritten: the harness adds `eval.json` and the card's
+    results table beside it (the SPEC's artifact layout), outside the fingerprint.
+    """
+    stored = dtype if dtype is not None else next(model.parameters()).dtype
+    manifest.model = {
+        "architecture": type(model).__name__,
+        "model_type": model.config.model_type,
+        "parameters": count_parameters(model) if parameters is None else parameters,
+        "dtype": str(stored).removeprefix("torch."),
+    }
+    write_manifest(staging, manifest)
+    write_model_card(staging, manifest)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:

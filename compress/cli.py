@@ -13,15 +13,13 @@ import shlex
 import sys
 import traceback
 import warnings
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from compress import console
 from compress.errors import CompressError, option_error, os_error_message
-from compress.quantize.config import METHOD_BITS
 from compress.version import __version__
 
 if TYPE_CHECKING:
@@ -30,6 +28,8 @@ if TYPE_CHECKING:
 
 INTERNAL_ERROR_EXIT = 3
 _invocation: list[str] = []  # the arguments of this run, recorded verbatim in manifests
+#: The commands built from registered techniques, by name, with the technique each was built for.
+_generated: dict[str, tuple[Any, Any]] = {}
 
 app = typer.Typer(
     name="compress",
@@ -39,9 +39,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-# The method names come from the quantization config: one definition for CLI, recipes and manifest.
-QuantMethod = Enum("QuantMethod", {name: name for name in METHOD_BITS}, type=str)
 
 
 def _print_version(value: bool) -> None:
@@ -119,110 +116,25 @@ def _command() -> str:
     return shlex.join(["compress", *_invocation])
 
 
-def _emit_json(payload: object) -> None:
-    console.stdout.print_json(json.dumps(payload, default=str))
+def _sync_technique_commands() -> None:
+    """A command for every registered technique that asks for one (`compress.cli_options`), first
+    in the help; a technique registered since the last call gets its command, one removed loses it."""
+    from compress.cli_options import technique_command
+    from compress.technique import techniques
 
-
-@app.command(
-    epilog="Examples:\n\n  compress quantize ./my-model --bits 4 --calib data.jsonl\n\n"
-    "  compress quantize ./my-model --method awq --bits 4 --asym\n\n"
-    "  compress quantize meta-llama/Llama-3.2-1B --method nf4 --double-quant\n\n"
-    "  compress quantize ./my-model --method fp16 --out out/fp16",
-)
-def quantize(
-    model: str = typer.Argument(..., help="A model directory, a hub id, or a compress artifact."),
-    method: QuantMethod | None = typer.Option(None, "--method", "-m", help="Quantization method."),
-    bits: int | None = typer.Option(
-        None, "--bits", "-b", help="Bit width; chooses the method if none given."
-    ),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output directory (default: compressed/<model>-<method>)."
-    ),
-    group_size: int | None = typer.Option(
-        None,
-        "--group-size",
-        help="Weights per scale (-1: whole row). Unset: 128, or a layer's largest width divisor below 128.",
-    ),
-    sym: bool | None = typer.Option(
-        None,
-        "--sym/--asym",
-        help="Symmetric grid or one with a zero point (default: GPTQ/RTN sym, AWQ asym).",
-    ),
-    act_order: bool = typer.Option(
-        True, "--act-order/--no-act-order", help="GPTQ: columns by Hessian diagonal, static groups."
-    ),
-    damp_percent: float = typer.Option(
-        0.01, "--damp-percent", help="GPTQ: Hessian damping (raised if needed)."
-    ),
-    calib: str | None = typer.Option(None, "--calib", help="Calibration text (any data source)."),
-    calib_samples: int | None = typer.Option(
-        None,
-        "--calib-samples",
-        help="Calibration windows (default 128, or what a shorter --calib text holds).",
-    ),
-    seq_len: int = typer.Option(2048, "--seq-len", help="Calibration window length (capped by the model)."),
-    seed: int = typer.Option(0, "--seed", help="Calibration sampling seed."),
-    calib_dtype: str = typer.Option(
-        "auto",
-        "--calib-dtype",
-        help="gptq/awq: calibration forwards' matmul dtype: auto (bfloat16 where native), bfloat16, float32.",
-    ),
-    double_quant: bool = typer.Option(False, "--double-quant", help="nf4/fp4: quantize the scales too."),
-    compute_dtype: str = typer.Option(
-        "bfloat16", "--compute-dtype", help="nf4/fp4: bfloat16, float16, float32."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, …"),
-    max_memory: str | None = typer.Option(
-        None,
-        "--max-memory",
-        help="rtn/gptq/awq: keep the model on disk and stream one block at a time (e.g. 8GB).",
-    ),
-    keep_dtype: bool = typer.Option(
-        False,
-        "--keep-dtype",
-        help="rtn/gptq/awq: store embeddings, lm_head and norms in the source's dtype (default: "
-        "float16 for a float32 source).",
-    ),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace --out if it exists."),
-    trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Run the model repo's own code."
-    ),
-) -> None:
-    """Quantize a model's weights and write an artifact."""
-    from compress.artifact import describe
-    from compress.quantize.runner import quantize as run_quantize
-    from compress.render import inspect_view
-
-    path = run_quantize(
-        model,
-        out,
-        method=method.value if method else None,
-        bits=bits,
-        device=device,
-        force=force,
-        trust_remote_code=trust_remote_code,
-        command=_command(),
-        group_size=group_size,
-        sym=sym,
-        act_order=act_order,
-        damp_percent=damp_percent,
-        calib=calib,
-        calib_samples=calib_samples,
-        seq_len=seq_len,
-        seed=seed,
-        calib_dtype=calib_dtype,
-        double_quant=double_quant,
-        compute_dtype=compute_dtype,
-        max_memory=max_memory,
-        keep_dtype=keep_dtype,
-    )
-    if console.mode.json:
-        _emit_json({"artifact": str(path), **describe(path)})
-    elif not console.mode.quiet:
-        console.stdout.print(inspect_view(describe(path)))
-        console.stdout.print(f"[green]wrote[/green] {path}")
-    else:
-        console.stdout.print(str(path))
+    registered = {name: t for name, t in techniques().items() if t.command}
+    for name, (technique, info) in list(_generated.items()):
+        if registered.get(name) is not technique:
+            app.registered_commands.remove(info)
+            del _generated[name]
+    for name, technique in registered.items():
+        if name not in _generated:
+            app.command(name, help=technique.help, epilog=technique.epilog or None)(
+                technique_command(technique, _command)
+            )
+            info = app.registered_commands.pop()
+            app.registered_commands.insert(len(_generated), info)
+            _generated[name] = (technique, info)
 
 
 @app.command(epilog="Example:\n\n  compress inspect compressed/my-model-fp16 --json")
@@ -236,7 +148,7 @@ def inspect(
 
     info = describe(artifact)
     if json_output or console.mode.json:
-        _emit_json(info)
+        console.emit_json(info)
     else:
         console.stdout.print(inspect_view(info))
 
@@ -331,7 +243,7 @@ def eval_command(
     if markdown:
         write_text_atomic(markdown, markdown_table(rows) + "\n")
     if console.mode.json:
-        _emit_json(report.model_dump())
+        console.emit_json(report.model_dump())
     else:
         console.stdout.print(rich_table(rows, title=f"compress eval · suite {chosen.name} · {chosen.data}"))
         _print_gates(report)
@@ -419,7 +331,7 @@ def data(
         windows = sample_windows(loaded, source, samples, seq_len, seed)
     fingerprint = windows.fingerprint.as_dict()
     if console.mode.json:
-        _emit_json(fingerprint)
+        console.emit_json(fingerprint)
         return
     preview = loaded.decode(windows.input_ids[0][:48])
     console.stdout.print(
@@ -427,115 +339,6 @@ def data(
         f"{fingerprint['tokens']:,} tokens from {source}\n"
         f"sha256 {fingerprint['sha256']}\nfirst window starts: {preview!r}"
     )
-
-
-class WidthImportance(str, Enum):
-    activation = "activation"
-    magnitude = "magnitude"
-    taylor = "taylor"
-    random = "random"
-
-
-class DepthImportance(str, Enum):
-    influence = "influence"
-    loss = "loss"
-    random = "random"
-
-
-class HeadGrouping(str, Enum):
-    auto = "auto"
-    groups = "groups"
-    per_group = "per-group"
-
-
-@app.command(
-    epilog="Examples:\n\n  compress prune ./my-model --heads 0.25 --mlp 0.3 --layers 2\n\n"
-    "  compress prune ./my-model --mlp-size 4096 --layers-keep 20 --dry-run\n\n"
-    "  compress prune ./my-model --hidden 0.2 --importance taylor --calib data.jsonl:text"
-)
-def prune(
-    model: str = typer.Argument(..., help="A model directory, a hub id, or a compress artifact."),
-    heads: float | None = typer.Option(None, "--heads", help="Fraction of query heads to remove."),
-    heads_keep: int | None = typer.Option(None, "--heads-keep", help="Query heads to keep per layer."),
-    head_grouping: HeadGrouping = typer.Option(
-        HeadGrouping.auto,
-        "--head-grouping",
-        help="GQA: remove whole KV groups, the same number from every group, or whichever fits.",
-    ),
-    mlp: float | None = typer.Option(None, "--mlp", help="Fraction of MLP channels to remove."),
-    mlp_size: int | None = typer.Option(None, "--mlp-size", help="MLP channels to keep per layer."),
-    hidden: float | None = typer.Option(None, "--hidden", help="Fraction of hidden channels to remove."),
-    hidden_size: int | None = typer.Option(None, "--hidden-size", help="Hidden size to keep."),
-    layers: int | None = typer.Option(None, "--layers", help="Number of decoder blocks to remove."),
-    layers_keep: int | None = typer.Option(None, "--layers-keep", help="Decoder blocks to keep."),
-    importance: WidthImportance = typer.Option(
-        WidthImportance.activation, "--importance", help="How heads, channels and neurons are ranked."
-    ),
-    layer_importance: DepthImportance = typer.Option(
-        DepthImportance.influence, "--layer-importance", help="How blocks are ranked."
-    ),
-    calib: str | None = typer.Option(
-        None, "--calib", help="Calibration text for importance (any data source)."
-    ),
-    calib_samples: int = typer.Option(64, "--calib-samples", help="Calibration windows."),
-    seq_len: int = typer.Option(256, "--seq-len", help="Calibration window length."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed (and the random baseline's)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, …"),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print the plan and parameter counts; write nothing."
-    ),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output directory (default: compressed/<model>-pruned)."
-    ),
-    force: bool = typer.Option(False, "--force", "-f", help="Replace --out if it exists."),
-    trust_remote_code: bool = typer.Option(
-        False, "--trust-remote-code", help="Run the model repo's own code."
-    ),
-) -> None:
-    """Structured pruning: remove heads, MLP channels, hidden channels or blocks; a smaller dense model."""
-    from compress.render import prune_plan_view, prune_report_view
-
-    options = dict(
-        heads=heads,
-        heads_keep=heads_keep,
-        head_grouping=head_grouping.value,
-        mlp=mlp,
-        mlp_size=mlp_size,
-        hidden=hidden,
-        hidden_size=hidden_size,
-        layers=layers,
-        layers_keep=layers_keep,
-        importance=importance.value,
-        layer_importance=layer_importance.value,
-        calib=calib,
-        calib_samples=calib_samples,
-        seq_len=seq_len,
-        seed=seed,
-        device=device,
-    )
-    if dry_run:
-        from compress.prune.runner import plan
-
-        planned = plan(model, trust_remote_code, **options)
-        if console.mode.json:
-            _emit_json(planned)
-        else:
-            console.stdout.print(prune_plan_view(planned))
-        return
-    from compress.artifact import read_manifest
-    from compress.prune.runner import prune as run_prune
-
-    path = run_prune(
-        model, out, force=force, trust_remote_code=trust_remote_code, command=_command(), **options
-    )
-    report = read_manifest(path).extra["pruning"]
-    if console.mode.json:
-        _emit_json({"artifact": str(path), **report})
-    elif not console.mode.quiet:
-        console.stdout.print(prune_report_view(report))
-        console.stdout.print(f"[green]wrote[/green] {path}")
-    else:
-        console.stdout.print(str(path))
 
 
 @app.command(
@@ -570,7 +373,7 @@ def run_command(
     if dry_run:
         planned = [stage.as_dict() for stage in plan(loaded, out, resume)]
         if console.mode.json:
-            _emit_json(planned)
+            console.emit_json(planned)
         else:
             spec = loaded.recipe.eval
             console.stdout.print(
@@ -587,7 +390,7 @@ def _show_run(result: RunResult, header: dict | None = None) -> None:
     from compress.evaluate.compare import rich_table
 
     if console.mode.json:
-        _emit_json({**(header or {}), **result.model_dump()})
+        console.emit_json({**(header or {}), **result.model_dump()})
     else:
         title = f"compress run {result.recipe} · suite {result.eval.suite} · {result.run_dir}"
         console.stdout.print(rich_table(result.comparison, title=title))
@@ -753,14 +556,7 @@ def _show_distillation(path: Path) -> None:
 
     if not PartialState().is_main_process:
         return
-    report = read_manifest(path).extra["distillation"]
-    if console.mode.json:
-        _emit_json({"artifact": str(path), **report})
-    elif not console.mode.quiet:
-        console.stdout.print(distillation_view(report))
-        console.stdout.print(f"[green]wrote[/green] {path}")
-    else:
-        console.stdout.print(str(path))
+    console.show_written(path, read_manifest(path).extra["distillation"], distillation_view)
 
 
 @distill_app.callback(
@@ -879,7 +675,7 @@ def distill_generate(
     meta = json.loads((path / "generation.json").read_text())
     summary = {key: meta.get(key) for key in ("completions", "tokens", "wall_s", "generated_tokens_per_s")}
     if console.mode.json:
-        _emit_json({"generations": str(path), **summary})
+        console.emit_json({"generations": str(path), **summary})
     else:
         console.stdout.print(
             f"[green]wrote[/green] {path}: {summary['completions']:,} completions, "
@@ -948,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning every failure into one line and an exit code."""
     console.mode.debug = bool(os.environ.get("COMPRESS_DEBUG"))
     _invocation[:] = sys.argv[1:] if argv is None else argv
+    _sync_technique_commands()
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="compress", standalone_mode=False)

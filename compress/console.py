@@ -6,9 +6,13 @@ pipe into other tools.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -48,3 +52,20 @@ def progress() -> Progress:
         disable=mode.quiet or mode.json,
         transient=True,
     )
+
+
+def emit_json(payload: object) -> None:
+    """`payload` as JSON on stdout (`--json`)."""
+    stdout.print_json(json.dumps(payload, default=str))
+
+
+def show_written(path: Path, report: dict[str, Any], view: Callable[[dict[str, Any]], Any]) -> None:
+    """What a command that wrote an artifact prints: its report (JSON with `--json`, the rendered
+    `view` otherwise) and where it went; `--quiet` prints the path alone."""
+    if mode.json:
+        emit_json({"artifact": str(path), **report})
+    elif not mode.quiet:
+        stdout.print(view(report))
+        stdout.print(f"[green]wrote[/green] {path}")
+    else:
+        stdout.print(str(path))

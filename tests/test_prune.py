@@ -160,7 +160,8 @@ def test_a_fractional_mlp_target_keeps_kernel_friendly_widths(width, fraction, k
     multiple of 64 stays one. The demo's 344 (not a multiple of 64) is cut as asked."""
     from transformers import LlamaConfig
 
-    from compress.prune.plan import PruneConfig, plan_sizes
+    from compress.prune.config import PruneConfig
+    from compress.prune.plan import plan_sizes
 
     config = LlamaConfig(
         hidden_size=576, intermediate_size=width, num_attention_heads=9, num_key_value_heads=3

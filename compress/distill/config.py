@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from compress.errors import CompressError, option_error
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Loss = Literal["kl", "ce", "kl+ce"]
 DEFAULT_PROMPTS = "builtin:python-stdlib"
@@ -97,11 +95,3 @@ class DistillConfig(GenerateConfig, TrainConfig):
     """Both stages: `compress distill` without a subcommand, and a recipe's `distill` stage."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-def parse_config(kind: type[BaseModel], options: dict[str, object]) -> BaseModel:
-    """Build a config from keyword options, as a one-line error naming the option when invalid."""
-    try:
-        return kind(**options)
-    except ValidationError as exc:
-        raise CompressError(option_error(exc)) from exc

@@ -24,7 +24,7 @@ import torch
 
 from compress import console
 from compress.artifact import check_output_path, write_text_atomic
-from compress.distill.config import GenerateConfig, parse_config
+from compress.distill.config import GenerateConfig
 from compress.distill.dataset import GENERATION_FILE, SHARDS_DIR, load_generations
 from compress.distill.engines import CompletionEngine, check_engine, open_engine
 from compress.distill.prompts import Prompts, load_prompts
@@ -37,6 +37,7 @@ from compress.modeling import (
     reject_quantized,
     resolve_model,
 )
+from compress.options import parse_options
 from compress.version import __version__
 
 FORMAT = "compress-generations"
@@ -241,7 +242,7 @@ def generate(
 
     `options` are the `GenerateConfig` fields (prompts, samples, max_new_tokens, store_topk, …).
     """
-    config = parse_config(GenerateConfig, options)
+    config = parse_options(GenerateConfig, options, none_is_unset=False)
     check_engine(config)
     source = resolve_model(teacher)
     out = Path(out)

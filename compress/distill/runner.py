@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compress.distill.config import DistillConfig, GenerateConfig, TrainConfig, parse_config
+from compress.distill.config import DistillConfig, GenerateConfig, TrainConfig
 from compress.distill.dataset import GENERATION_FILE
 from compress.distill.generate import generate
 from compress.distill.train import check_training_request, default_work_dir, train
 from compress.errors import CompressError
+from compress.options import parse_options
 
 
 def distill(
@@ -40,7 +41,7 @@ def distill(
     `options` are the `DistillConfig` fields: those of `GenerateConfig` and of `TrainConfig`;
     `recipe` names the recipe stage that asked for it (recorded in the manifest).
     """
-    config = parse_config(DistillConfig, options)
+    config = parse_options(DistillConfig, options, none_is_unset=False)
     training = TrainConfig.model_validate(config.model_dump(include=set(TrainConfig.model_fields)))
     if training.teacher_logits == "offline" and training.kl_weight > 0 and not config.store_topk:
         raise CompressError("--teacher-logits offline needs the teacher's top-k stored: add --store-topk K")

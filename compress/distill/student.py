@@ -98,9 +98,10 @@ def _prune_options(overrides: dict[str, int]) -> dict[str, int]:
 def _from_teacher(
     teacher: ModelSource, overrides: dict[str, int], config: TrainConfig, trust_remote_code: bool
 ):
+    from compress.prune.config import PruneConfig
     from compress.prune.cut import cut
     from compress.prune.importance import width_scores
-    from compress.prune.plan import PruneConfig, plan_sizes
+    from compress.prune.plan import plan_sizes
     from compress.prune.surgery import remove_blocks
 
     model = load_model(teacher, "float32", "cpu", trust_remote_code, require_finite=True)
@@ -117,7 +118,8 @@ def _from_teacher(
 
 def _student_sizes(teacher_config, overrides: dict[str, int]):
     """The student's sizes as a plan against the teacher's config: out-of-range values fail here."""
-    from compress.prune.plan import PruneConfig, plan_sizes
+    from compress.prune.config import PruneConfig
+    from compress.prune.plan import plan_sizes
 
     options = _prune_options(overrides)
     if "num_hidden_layers" in overrides:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +22,22 @@ import torch
 
 from compress import console
 from compress.artifact import (
-    MANIFEST_NAME,
+    DENSE_FORMAT,
     Manifest,
     api_call,
     check_output_path,
-    device_description,
-    library_versions,
-    lineage_for,
-    read_manifest,
+    new_manifest,
+    publish,
     save_model_files,
-    write_manifest,
-    write_model_card,
     write_text_atomic,
 )
-from compress.distill.config import TrainConfig, parse_config
+from compress.distill.config import TrainConfig
 from compress.distill.dataset import DistillCollator, dataset_fingerprint, load_generations
 from compress.distill.student import StudentSpec, load_student, student_spec
 from compress.distill.trainer import DistillationTrainer, LiveLoss
 from compress.errors import CompressError
 from compress.modeling import (
     ModelSource,
-    count_parameters,
     load_config,
     load_model,
     load_tokenizer,
@@ -49,10 +45,10 @@ from compress.modeling import (
     resolve_device,
     resolve_model,
 )
+from compress.options import parse_options
 from compress.staging import staged_directory
 from compress.telemetry import PhaseTimer
 
-FORMAT = "dense-safetensors"
 RUN_RECORD = "run.json"
 CHECKPOINTS, INITIAL, FINAL = "checkpoints", "initial", "final"
 
@@ -205,22 +201,28 @@ def _initial_student_path(spec: StudentSpec, model, work: Path, tokenizer_dir: P
 
 
 def _publish(
-    final: Path, out: Path, force: bool, manifest: Manifest, tokenizer_dir: Path, dtype: torch.dtype
+    final: Path,
+    out: Path,
+    force: bool,
+    manifest: Manifest,
+    tokenizer_dir: Path,
+    dtype: torch.dtype,
+    evaluation: Callable[[Path], dict[str, Any]] | None,
 ) -> None:
-    """Reload Trainer's saved weights in the stored dtype and write the artifact (safetensors only)."""
+    """Reload Trainer's saved weights in the stored dtype and write the artifact (safetensors only).
+
+    `evaluation` scores the student where it is being written, before the manifest, so its
+    results go into the manifest once (the harness adds `eval.json` beside the weights, which the
+    artifact keeps) and nothing rewrites the published artifact afterwards.
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(final, dtype=dtype, use_safetensors=True)
     with staged_directory(out, force) as staging:
         save_model_files(model, tokenizer_dir, staging)
-        manifest.model = {
-            "architecture": type(model).__name__,
-            "model_type": model.config.model_type,
-            "parameters": count_parameters(model),
-            "dtype": str(dtype).removeprefix("torch."),
-        }
-        write_manifest(staging, manifest)
-        write_model_card(staging, manifest)
+        if evaluation is not None:
+            manifest.extra["distillation"]["evaluation"] = evaluation(staging)
+        publish(staging, manifest, model, dtype=dtype)
 
 
 def check_training_request(
@@ -268,7 +270,7 @@ def train(
     `recipe` names the recipe stage that asked for it. The training and evaluation report is the
     manifest's `extra["distillation"]`.
     """
-    config = parse_config(TrainConfig, options)
+    config = parse_options(TrainConfig, options, none_is_unset=False)
     request = check_training_request(teacher, student, out, config, force, trust_remote_code)
     teacher_source, teacher_tokenizer, out_path, spec = request
     dataset, meta = load_generations(data)
@@ -334,32 +336,26 @@ def train(
         "data": {"path": str(data), "samples": len(dataset), "sha256": dataset_fingerprint(meta)},
     }
     dtype = _stored_dtype(spec.source or teacher_source, trust_remote_code)
-    manifest = Manifest(
+    manifest = new_manifest(
+        method="distill",
+        config=config,
+        source=spec.source or teacher_source,
         command=command or api_call("distill.train", teacher, student, out_path, data=str(data), **options),
         recipe=recipe,
-        lineage=lineage_for(spec.source or teacher_source),
-        method="distill",
-        parameters=config.model_dump(),
-        format=FORMAT,
-        seed=config.seed,
+        format=DENSE_FORMAT,
         phases=timer.as_dicts(),
-        libraries=library_versions(),
-        device=device_description(args.device),
+        device=args.device,
+        seed=config.seed,
         extra={"distillation": report},
     )
-    _publish(final, out_path, force, manifest, tokenizer_dir, dtype)
-    shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
-    shutil.rmtree(final, ignore_errors=True)
+    evaluation = None
     if config.eval:
         from compress.distill.report import evaluate_distillation
 
-        report["evaluation"] = evaluate_distillation(teacher_source, initial, out_path, config)
-        _update_manifest(out_path, report)
+        def evaluation(student_dir: Path) -> dict[str, Any]:
+            return evaluate_distillation(teacher_source, initial, student_dir, config)
+
+    _publish(final, out_path, force, manifest, tokenizer_dir, dtype, evaluation)
+    shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
     return out_path
-
-
-def _update_manifest(out: Path, report: dict[str, Any]) -> None:
-    """Add the evaluation to the published manifest (its fingerprint covers only config and weights)."""
-    manifest = read_manifest(out)
-    manifest.extra["distillation"] = report
-    write_text_atomic(out / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")

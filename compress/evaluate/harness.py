@@ -17,13 +17,13 @@ from typing import Any
 from torch import nn
 
 from compress import console
-from compress.artifact import describe, read_manifest, write_model_card, write_text_atomic
+from compress.artifact import DENSE_FORMAT, describe, read_manifest, write_model_card, write_text_atomic
 from compress.cache import cache_root
 from compress.data import TokenWindows, sequential_windows
 from compress.errors import CompressError
 from compress.evaluate.compare import comparison_rows, markdown_table
 from compress.evaluate.gates import check_gate, parse_gate
-from compress.evaluate.loaders import DENSE_FORMAT, artifact_format, load_for_eval
+from compress.evaluate.loaders import artifact_format, load_for_eval
 from compress.evaluate.perplexity import summarize
 from compress.evaluate.results import (
     EvalReport,

@@ -11,12 +11,11 @@ from collections.abc import Callable
 
 from torch import nn
 
-from compress.artifact import read_manifest
+from compress.artifact import DENSE_FORMAT, read_manifest
 from compress.errors import CompressError
 from compress.modeling import ModelSource, load_model
 
 Loader = Callable[[ModelSource, str, str], nn.Module]  # (source, device, dtype) -> model in eval mode
-DENSE_FORMAT = "dense-safetensors"
 
 _LOADERS: dict[str, Loader] = {}
 

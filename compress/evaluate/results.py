@@ -15,7 +15,7 @@ from xml.etree import ElementTree
 
 from pydantic import BaseModel, Field
 
-from compress.artifact import write_text_atomic
+from compress.artifact import DENSE_FORMAT, write_text_atomic
 from compress.errors import CompressError
 from compress.version import __version__
 
@@ -30,7 +30,7 @@ class ModelResult(BaseModel):
     path: str
     role: Literal["baseline", "artifact"]
     method: str | None = None
-    format: str = "dense-safetensors"
+    format: str = DENSE_FORMAT
     sha256: str
     suite: str
     suite_sha256: str

@@ -34,6 +34,7 @@ from compress.pipeline.fingerprint import (
 )
 from compress.pipeline.report import RunResult, StageOutcome, write_reports
 from compress.pipeline.schema import BASE, BUILTIN_MODELS, Recipe, RecipeFile, Stage, stage_options
+from compress.technique import RunContext
 
 
 @dataclass
@@ -81,8 +82,7 @@ class _Keys:
 
     def key(self, stage: Stage, options: BaseModel, fingerprints: dict[str, str | None]) -> str | None:
         inputs = {"model": fingerprints[stage.from_]}
-        if stage.distill is not None:
-            inputs["teacher"] = fingerprints[stage.distill.teacher]
+        inputs.update({field: fingerprints[ref] for field, ref in stage.model_references().items()})
         if None in inputs.values():
             return None
         data = {source: self._data_fingerprint(source) for source in data_sources(options)}
@@ -193,27 +193,16 @@ def _execute(
     resume: bool,
     whole: Recipe,
 ) -> None:
-    """Make the stage's artifact with the technique's runner (atomic; replaces a stale one)."""
-    source = paths[stage.from_]
-    common: dict[str, Any] = {
-        "force": True,
-        "command": command,
-        "recipe": recipe,
-        "trust_remote_code": whole.trust_remote_code,
-    }
-    if stage.quantize is not None:
-        from compress.quantize.runner import quantize
-
-        quantize(source, out, **common, **options.model_dump())
-    elif stage.prune is not None:
-        from compress.prune.runner import prune
-
-        prune(source, out, **common, **options.model_dump())
-    else:
-        from compress.distill.runner import distill
-
-        teacher = paths[stage.distill.teacher]
-        distill(teacher, str(source), out, resume=resume, **common, **options.model_dump(exclude={"teacher"}))
+    """Make the stage's artifact with its technique (atomic; replaces a stale one)."""
+    context = RunContext(
+        force=True,
+        trust_remote_code=whole.trust_remote_code,
+        command=command,
+        recipe=recipe,
+        resume=resume,
+        models={field: paths[reference] for field, reference in stage.model_references().items()},
+    )
+    stage.technique.run(paths[stage.from_], options, out, context)
 
 
 def _evaluate(loaded: RecipeFile, paths: dict[str, Path], resume: bool) -> tuple[EvalReport, list[str]]:

@@ -1,37 +1,44 @@
 """The recipe: one typed object (`version: 1`), read from YAML with errors that name field and line.
 
-A stage's options are the technique's own config (`QuantizeConfig`, `PruneConfig`, `DistillConfig`):
-the YAML form of exactly the CLI's flags, so nothing is defined twice. Everything that can be
-checked without loading a model is checked here (unknown keys, types, stage references, gates, the
-suite), so a typo is exit 2 before any work.
+A stage names one registered technique (`compress.technique`) and its options are that technique's
+own config: the YAML form of exactly the CLI's flags, so nothing is defined twice. The stage schema
+is built from the registry, so a new technique is a recipe stage without an edit here. Everything
+that can be checked without loading a model is checked here (unknown keys, types, stage
+references, gates, the suite), so a typo is exit 2 before any work.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
-from compress.distill.config import DistillConfig
 from compress.errors import CompressError
 from compress.evaluate.compare import SORT_KEYS
 from compress.evaluate.gates import parse_gate
 from compress.evaluate.suite import Suite, load_suite
 from compress.pipeline.overrides import apply_overrides
 from compress.pipeline.yaml_lines import Location, line_of, load_with_lines
-from compress.prune.plan import PruneConfig
-from compress.quantize.config import CALIBRATED_METHODS, DEFAULT_METHOD_FOR_BITS, METHOD_BITS, QuantizeConfig
+from compress.technique import RECIPE_BASE, RecipeData, Technique, techniques
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 #: The recipe's own model, as stages (`from:`, `teacher:`) and the eval baseline refer to it.
-BASE = "base"
+BASE = RECIPE_BASE
 #: Built-in models a recipe can name without a hub: the demo model, full and at the test budget,
 #: and SmolLM2-135M from its PyPI wheel (`compress.realmodel`).
 BUILTIN_MODELS = ("builtin:demo", "builtin:demo-fast", "builtin:smollm2")
-OPS = ("quantize", "prune", "distill")
 #: Stage and recipe names become directory names.
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -47,34 +54,12 @@ def _valid_gate(expression: str) -> str:
 GateExpression = Annotated[str, AfterValidator(_valid_gate)]
 
 
-class QuantizeStage(QuantizeConfig):
-    """`quantize:` options; as on the command line, `bits` alone picks the method (4: gptq) and a
-    method alone its first bit width (int8: 8, awq: 4)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _method_and_bits(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        method, bits = data.get("method"), data.get("bits")
-        if method is None and isinstance(bits, int):
-            if bits not in DEFAULT_METHOD_FOR_BITS:
-                choices = ", ".join(str(b) for b in DEFAULT_METHOD_FOR_BITS)
-                raise ValueError(f"no default method for bits {bits}; name one, or use bits {choices}")
-            return {**data, "method": DEFAULT_METHOD_FOR_BITS[bits]}
-        if bits is None and method in METHOD_BITS:
-            return {**data, "bits": METHOD_BITS[method][0]}
-        return data
-
-
-class DistillStage(DistillConfig):
-    """`distill:` options; the student is the stage's input, the teacher `base` or an earlier stage."""
-
-    teacher: str = BASE
-
-
 class Stage(BaseModel):
-    """One step: a name (its output directory), its input, and exactly one technique with options."""
+    """One step: a name (its output directory), its input, and exactly one technique with options.
+
+    The technique fields (`quantize:`, `prune:`, …) are added per registered technique by
+    `recipe_model`; this class holds what every stage has.
+    """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -83,23 +68,25 @@ class Stage(BaseModel):
     from_: str | None = Field(None, alias="from")
     #: Gates for this stage's artifact only, on top of `eval.gates`.
     gates: list[GateExpression] = Field(default_factory=list)
-    quantize: QuantizeStage | None = None
-    prune: PruneConfig | None = None
-    distill: DistillStage | None = None
 
     @model_validator(mode="after")
     def _one_technique(self) -> Stage:
-        given = [op for op in OPS if getattr(self, op) is not None]
+        given = [name for name in techniques() if getattr(self, name, None) is not None]
         if len(given) != 1:
             found = " and ".join(given) if given else "none"
             raise ValueError(
-                f"a stage has exactly one of quantize, prune, distill; '{self.name}' has {found}"
+                f"a stage has exactly one of {', '.join(techniques())}; '{self.name}' has {found}"
             )
         return self
 
     @property
     def op(self) -> str:
-        return next(op for op in OPS if getattr(self, op) is not None)
+        """The technique's name."""
+        return next(name for name in techniques() if getattr(self, name, None) is not None)
+
+    @property
+    def technique(self) -> Technique:
+        return techniques()[self.op]
 
     @property
     def options(self) -> BaseModel:
@@ -107,13 +94,11 @@ class Stage(BaseModel):
 
     def summary(self) -> str:
         """A few words for logs and tables: `quantize gptq 4-bit`, `prune mlp 0.3`, `distill from base`."""
-        if self.quantize is not None:
-            return f"quantize {self.quantize.method} {self.quantize.bits}-bit"
-        if self.distill is not None:
-            return f"distill from {self.distill.teacher}"
-        targets = ("heads", "heads_keep", "mlp", "mlp_size", "hidden", "hidden_size", "layers", "layers_keep")
-        given = [f"{name} {value}" for name in targets if (value := getattr(self.prune, name)) is not None]
-        return f"prune {', '.join(given)}"
+        return self.technique.summary(self.options)
+
+    def model_references(self) -> dict[str, str]:
+        """The other models the stage's options name (a teacher), by field: `base` or a stage."""
+        return {name: getattr(self.options, name) for name in self.technique.model_fields}
 
 
 class CalibData(BaseModel):
@@ -181,6 +166,7 @@ class Recipe(BaseModel):
     trust_remote_code: bool = False
     seed: int = 0
     data: Data = Field(default_factory=Data)
+    #: Each item is the `recipe_model` stage class, with a field per registered technique.
     stages: list[Stage] = Field(min_length=1)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     compare: CompareSpec = Field(default_factory=CompareSpec)
@@ -204,24 +190,28 @@ class RecipeFile:
     suite: Suite
 
 
+@cache
+def _recipe_model(names: tuple[str, ...]) -> type[Recipe]:
+    registered = techniques()
+    fields: dict[str, Any] = {name: (registered[name].config | None, None) for name in names}
+    stage = create_model("Stage", __base__=Stage, **fields)
+    return create_model("Recipe", __base__=Recipe, stages=(list[stage], Field(min_length=1)))
+
+
+def recipe_model() -> type[Recipe]:
+    """The recipe schema with a stage field for every technique registered now."""
+    return _recipe_model(tuple(techniques()))
+
+
 def stage_options(recipe: Recipe, stage: Stage) -> BaseModel:
     """The stage's options with the recipe's data and seed in the fields the stage leaves unset.
 
-    Only a stage that reads data takes them, so a new calibration set re-runs GPTQ but not an fp16
-    cast. A distill stage skips its own evaluation unless asked: the recipe's eval scores it.
+    Which fields those are is the technique's to say (`Technique.recipe_data`): only a stage that
+    reads data takes them, so a new calibration set re-runs GPTQ but not an fp16 cast.
     """
-    options, calib = stage.options, recipe.data.calib
-    calibration = {"calib": calib.source, "calib_samples": calib.samples, "seq_len": calib.seq_len}
-    if isinstance(options, DistillStage):
-        defaults = {"prompts": calib.source, "seed": recipe.seed, "eval": False}
-    elif isinstance(options, PruneConfig):
-        defaults = {"seed": recipe.seed, **(calibration if options.needs_data else {})}
-    elif options.method in CALIBRATED_METHODS:
-        defaults = {**calibration, "seed": recipe.seed}
-    else:
-        defaults = {}
-    unset = {k: v for k, v in defaults.items() if v is not None and k not in options.model_fields_set}
-    return type(options).model_validate({**options.model_dump(exclude_unset=True), **unset})
+    calib = recipe.data.calib
+    data = RecipeData(calib.source, calib.samples, calib.seq_len, recipe.seed)
+    return stage.technique.stage_options(stage.options, data)
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -267,7 +257,7 @@ def load_recipe(reference: str | Path, overrides: list[str] | tuple[str, ...] = 
         return CompressError(f"{where}: {name + ': ' if name else ''}{message}")
 
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = recipe_model().model_validate(data)
         _check_references(recipe)
         recipe = _resolve_paths(recipe, path.parent)
         suite = _suite(recipe, path.parent)
@@ -287,7 +277,7 @@ def _describe(error: dict[str, Any]) -> tuple[Location, str]:
         key, parent = location[-1], location[:-1]
         if error["type"] == "missing":
             return parent, f"missing required key '{key}'"
-        kind = "option" if parent and parent[-1] in OPS else "key"
+        kind = "option" if parent and parent[-1] in techniques() else "key"
         close = difflib.get_close_matches(str(key), _keys_at(parent), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return parent, f"unknown {kind} '{key}'{hint}"
@@ -304,7 +294,7 @@ def _field_name(location: Location) -> str:
 
 def _keys_at(location: Location) -> list[str]:
     """The keys the schema allows at `location`, for "did you mean" hints."""
-    model: type[BaseModel] | None = Recipe
+    model: type[BaseModel] | None = recipe_model()
     for part in location:
         if isinstance(part, int) or model is None:
             continue
@@ -329,8 +319,8 @@ def _check_references(recipe: Recipe) -> None:
             what = "the base model's name" if stage.name == BASE else "the name of an earlier stage"
             raise _FieldError(("stages", index, "name"), f"'{stage.name}' is {what}; stage names are unique")
         _check_earlier(stage.from_, earlier, recipe, ("stages", index, "from"))
-        if stage.distill is not None:
-            _check_earlier(stage.distill.teacher, earlier, recipe, ("stages", index, "distill", "teacher"))
+        for field, reference in stage.model_references().items():
+            _check_earlier(reference, earlier, recipe, ("stages", index, stage.op, field))
         earlier.append(stage.name)
     _check_earlier(recipe.eval.baseline, earlier, recipe, ("eval", "baseline"))
 

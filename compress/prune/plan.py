@@ -1,4 +1,4 @@
-"""What to prune: the typed request, the sizes it leads to, and which units the scores keep.
+"""What to prune: the sizes a `PruneConfig` leads to, and which units the scores keep.
 
 Targets are fractions to remove (`--mlp 0.3` removes 30% of the MLP channels) or absolute sizes
 (`--mlp-size 1024`, `--heads-keep 6`, `--layers-keep 10`); `--layers N` removes N blocks. Sizes are
@@ -10,65 +10,15 @@ chosen per layer (per model for the hidden size) by importance.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.errors import CompressError
+from compress.prune.config import PruneConfig
 from compress.prune.geometry import Architecture, Geometry, architecture, config_geometry, heads_unsupported
 
-HeadGrouping = Literal["auto", "groups", "per-group"]
 #: Model types whose config requires hidden_size % num_attention_heads == 0.
 HIDDEN_DIVISIBLE_BY_HEADS = ("llama", "gpt2", "opt")
-
-
-class PruneConfig(BaseModel):
-    """How to prune; the CLI's flags map onto it one to one and the manifest records it verbatim."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    heads: float | None = None
-    heads_keep: int | None = Field(None, ge=1)
-    head_grouping: HeadGrouping = "auto"
-    mlp: float | None = None
-    mlp_size: int | None = Field(None, ge=1)
-    hidden: float | None = None
-    hidden_size: int | None = Field(None, ge=1)
-    layers: int | None = Field(None, ge=0)
-    layers_keep: int | None = Field(None, ge=1)
-    importance: Literal["activation", "magnitude", "taylor", "random"] = "activation"
-    layer_importance: Literal["influence", "loss", "random"] = "influence"
-    calib: str | None = None
-    calib_samples: int = Field(64, ge=1)
-    seq_len: int = Field(256, ge=16)
-    seed: int = 0
-    device: str = "auto"
-
-    @model_validator(mode="after")
-    def _one_target_each(self) -> PruneConfig:
-        for fraction, absolute in (
-            ("heads", "heads_keep"),
-            ("mlp", "mlp_size"),
-            ("hidden", "hidden_size"),
-            ("layers", "layers_keep"),
-        ):
-            if getattr(self, fraction) is not None and getattr(self, absolute) is not None:
-                raise ValueError(f"give --{fraction} or --{absolute.replace('_', '-')}, not both")
-        for name in ("heads", "mlp", "hidden"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value < 1:
-                raise ValueError(f"--{name} is the fraction to remove and must lie in [0, 1), got {value}")
-        return self
-
-    @property
-    def needs_data(self) -> bool:
-        width = self.importance in ("activation", "taylor")
-        depth = self.layer_importance in ("influence", "loss")
-        plan_width = any(v is not None for v in (self.heads, self.heads_keep, self.mlp, self.mlp_size))
-        plan_width = plan_width or self.hidden is not None or self.hidden_size is not None
-        plan_depth = self.layers is not None or self.layers_keep is not None
-        return (width and plan_width) or (depth and plan_depth)
 
 
 @dataclass(frozen=True)

@@ -13,21 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from compress.artifact import (
-    Manifest,
+    DENSE_FORMAT,
     api_call,
     check_output_path,
-    device_description,
-    library_versions,
-    lineage_for,
+    new_manifest,
+    publish,
     save_model_files,
-    write_manifest,
-    write_model_card,
 )
 from compress.calibration_text import calibration_windows
-from compress.errors import CompressError, option_error
+from compress.errors import CompressError
 from compress.modeling import (
     ModelSource,
     count_parameters,
@@ -37,21 +33,14 @@ from compress.modeling import (
     resolve_device,
     resolve_model,
 )
+from compress.options import parse_options
+from compress.prune.config import PruneConfig
 from compress.prune.cut import cut
 from compress.prune.geometry import config_geometry, geometry, predict_parameter_count, pruned_config
 from compress.prune.importance import Scores, depth_scores, width_scores
-from compress.prune.plan import PruneConfig, Sizes, plan_sizes
+from compress.prune.plan import Sizes, plan_sizes
 from compress.staging import staged_directory
 from compress.telemetry import PhaseTimer
-
-FORMAT = "dense-safetensors"
-
-
-def _config(options: dict[str, Any]) -> PruneConfig:
-    try:
-        return PruneConfig(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as exc:
-        raise CompressError(option_error(exc)) from exc
 
 
 def default_output(source: ModelSource) -> Path:
@@ -72,7 +61,7 @@ def _sizes(config: PruneConfig, model_config) -> Sizes:
 
 def plan(model: str | Path, trust_remote_code: bool = False, **options: Any) -> dict[str, Any]:
     """The sizes before and after and the parameter counts, from the config alone (`--dry-run`)."""
-    config = _config(options)
+    config = parse_options(PruneConfig, options)
     source = resolve_model(model)
     model_config = load_config(source, trust_remote_code)
     sizes = _sizes(config, model_config)
@@ -121,7 +110,7 @@ def prune(
     `options` are the `PruneConfig` fields (heads, mlp, hidden, layers, importance, calib, …); `recipe`
     names the recipe stage that asked for it, recorded in the manifest.
     """
-    config = _config(options)
+    config = parse_options(PruneConfig, options)
     target_device = resolve_device(config.device)
     source = resolve_model(model)
     out_path = Path(out) if out is not None else default_output(source)
@@ -159,26 +148,18 @@ def prune(
     with staged_directory(out_path, force) as staging:
         with timer.phase("save"):
             save_model_files(loaded, source.path, staging)
-        manifest = Manifest(
+        manifest = new_manifest(
+            method="prune",
+            config=config,
+            source=source,
             command=command or api_call("prune", model, out_path, **config.model_dump()),
             recipe=recipe,
-            lineage=lineage_for(source),
-            method="prune",
-            parameters=config.model_dump(),
-            format=FORMAT,
+            format=DENSE_FORMAT,
+            phases=timer.as_dicts(),
+            device=target_device,
             calibration=windows.fingerprint.as_dict() if windows is not None else None,
             seed=config.seed,
-            model={
-                "architecture": type(loaded).__name__,
-                "model_type": loaded.config.model_type,
-                "parameters": after,
-                "dtype": str(_stored_dtype(model_config)).removeprefix("torch."),
-            },
-            phases=timer.as_dicts(),
-            libraries=library_versions(),
-            device=device_description(target_device),
             extra={"pruning": report},
         )
-        write_manifest(staging, manifest)
-        write_model_card(staging, manifest)
+        publish(staging, manifest, loaded, after, _stored_dtype(model_config))
     return out_path

@@ -15,7 +15,6 @@ from compress.checkpoint import CheckpointReader
 from compress.errors import CompressError
 
 CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-FORMAT = "dense-safetensors"
 
 
 def check_finite(model: nn.Module, method: str) -> None:

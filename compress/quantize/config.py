@@ -6,11 +6,11 @@ stage is its YAML form, and the manifest records it verbatim.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compress.errors import CompressError, option_error
+from compress.options import flag
 from compress.sizes import parse_size
 
 if TYPE_CHECKING:
@@ -36,35 +36,72 @@ PACKED_METHODS = ("rtn", "gptq", "awq")
 
 
 class QuantizeConfig(BaseModel):
-    """How to quantize. Options that a method does not use are recorded but ignored by it."""
+    """How to quantize. Options that a method does not use are recorded but ignored by it.
+
+    As on the command line, `bits` alone picks the method (4: gptq) and a method alone its first
+    bit width (int8: 8, awq: 4); neither is fp16.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Method = "fp16"
-    bits: int = 16
-    #: None: 128, or a layer's largest width divisor below 128; an explicit size must divide every width.
-    group_size: int | None = None
-    #: None: the method's convention (symmetric for RTN/GPTQ, a zero point for AWQ).
-    sym: bool | None = None
-    act_order: bool = True
-    damp_percent: float = Field(0.01, gt=0, lt=1)
-    calib: str | None = None
-    #: None: 128 windows, or as many as a shorter --calib text holds (with a notice).
-    calib_samples: int | None = Field(None, ge=1)
-    seq_len: int = Field(2048, ge=16)
-    seed: int = 0
-    #: gptq/awq: the dtype calibration forwards compute their matmuls in (autocast; weights,
-    #: Hessians and the hidden states between blocks stay float32). `auto`: bfloat16 where the
-    #: device computes it natively, else float32; the manifest records the resolved dtype.
-    calib_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    double_quant: bool = False
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    device: str = "auto"
-    #: rtn/gptq/awq: keep the model on disk and stream one block at a time within this budget ("4GB").
-    max_memory: str | None = None
-    #: rtn/gptq/awq: keep unquantized tensors (embeddings, lm_head, norms) in the source's dtype;
-    #: by default a float32 source's are stored in float16, as GPTQ/AWQ checkpoints do.
-    keep_dtype: bool = False
+    method: Annotated[Method, flag("--method", "-m", unset=True)] = Field(
+        "fp16", description="Quantization method."
+    )
+    bits: Annotated[int, flag("--bits", "-b", unset=True)] = Field(
+        16, description="Bit width; chooses the method if none given."
+    )
+    group_size: int | None = Field(
+        None,
+        description="Weights per scale (-1: whole row). Unset: the largest of 128, 64, 32 that divides "
+        "every width, else per layer.",
+    )
+    sym: Annotated[bool | None, flag("--sym/--asym")] = Field(
+        None, description="Symmetric grid or one with a zero point (default: GPTQ/RTN sym, AWQ asym)."
+    )
+    act_order: bool = Field(True, description="GPTQ: columns by Hessian diagonal, static groups.")
+    damp_percent: float = Field(0.01, gt=0, lt=1, description="GPTQ: Hessian damping (raised if needed).")
+    calib: str | None = Field(None, description="Calibration text (any data source).")
+    calib_samples: int | None = Field(
+        None, ge=1, description="Calibration windows (default 128, or what a shorter --calib text holds)."
+    )
+    seq_len: int = Field(2048, ge=16, description="Calibration window length (capped by the model).")
+    seed: int = Field(0, description="Calibration sampling seed.")
+    #: Weights, Hessians and the hidden states between blocks stay float32 whatever this says; the
+    #: manifest records the resolved dtype.
+    calib_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto",
+        description="gptq/awq: calibration forwards' matmul dtype: auto (bfloat16 where native), "
+        "bfloat16, float32.",
+    )
+    double_quant: bool = Field(False, description="nf4/fp4: quantize the scales too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="nf4/fp4: bfloat16, float16, float32."
+    )
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, …")
+    max_memory: str | None = Field(
+        None, description="rtn/gptq/awq: keep the model on disk and stream one block at a time (e.g. 8GB)."
+    )
+    keep_dtype: bool = Field(
+        False,
+        description="rtn/gptq/awq: store embeddings, lm_head and norms in the source's dtype (default: "
+        "float16 for a float32 source).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_and_bits(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        method, bits = data.get("method"), data.get("bits")
+        if method is None:
+            chosen_bits = 16 if bits is None else bits
+            if chosen_bits not in DEFAULT_METHOD_FOR_BITS:
+                available = ", ".join(f"{b} ({m})" for b, m in DEFAULT_METHOD_FOR_BITS.items())
+                raise ValueError(f"no quantization method for --bits {chosen_bits}; available: {available}")
+            method = DEFAULT_METHOD_FOR_BITS[chosen_bits]
+        if method not in METHOD_BITS:  # the field's own check names it and the choices
+            return data
+        return {**data, "method": method, "bits": METHOD_BITS[method][0] if bits is None else bits}
 
     @model_validator(mode="after")
     def _bits_fit_method(self) -> QuantizeConfig:
@@ -109,23 +146,3 @@ class QuantizeConfig(BaseModel):
     @property
     def nominal_group_size(self) -> int:
         return DEFAULT_GROUP_SIZE if self.group_size is None else self.group_size
-
-    @classmethod
-    def from_options(cls, method: str | None, bits: int | None, **options) -> QuantizeConfig:
-        """Build from CLI-style options, choosing the method from `bits` when none is named."""
-        if method is None:
-            chosen_bits = 16 if bits is None else bits
-            if chosen_bits not in DEFAULT_METHOD_FOR_BITS:
-                available = ", ".join(f"{b} ({m})" for b, m in DEFAULT_METHOD_FOR_BITS.items())
-                raise CompressError(
-                    f"no quantization method for --bits {chosen_bits}; available: {available}"
-                )
-            method = DEFAULT_METHOD_FOR_BITS[chosen_bits]
-        if method not in METHOD_BITS:
-            raise CompressError(f"unknown method '{method}'; choose one of {', '.join(METHOD_BITS)}")
-        if bits is None:
-            bits = METHOD_BITS[method][0]
-        try:
-            return cls(method=method, bits=bits, **{k: v for k, v in options.items() if v is not None})
-        except ValueError as exc:
-            raise CompressError(option_error(exc)) from exc

@@ -14,17 +14,14 @@ from torch import nn
 
 from compress import console
 from compress.artifact import (
-    Manifest,
+    DENSE_FORMAT,
     api_call,
     check_output_path,
     copy_tokenizer_files,
-    device_description,
-    library_versions,
-    lineage_for,
+    new_manifest,
+    publish,
     save_model_files,
     weight_statistics,
-    write_manifest,
-    write_model_card,
 )
 from compress.calibration_text import calibration_windows
 from compress.errors import CompressError
@@ -37,7 +34,8 @@ from compress.modeling import (
     resolve_device,
     resolve_model,
 )
-from compress.quantize.cast import CAST_DTYPES, FORMAT, check_finite, check_finite_files
+from compress.options import parse_options
+from compress.quantize.cast import CAST_DTYPES, check_finite, check_finite_files
 from compress.quantize.config import PACKED_METHODS, QuantizeConfig
 from compress.staging import staged_directory
 from compress.telemetry import PhaseTimer
@@ -73,7 +71,7 @@ def _cast(
         check_finite(loaded, config.method)
     with timer.phase("save"):
         save_model_files(loaded, source.path, staging)
-    return _Produced(loaded, FORMAT)
+    return _Produced(loaded, DENSE_FORMAT)
 
 
 def _bnb(
@@ -219,7 +217,7 @@ def quantize(
     `options` are the other `QuantizeConfig` fields (group_size, sym, act_order, calib, …); `recipe`
     names the recipe stage that asked for it, recorded in the manifest.
     """
-    config = QuantizeConfig.from_options(method, bits, device=device, **options)
+    config = parse_options(QuantizeConfig, {"method": method, "bits": bits, "device": device, **options})
     target_device = resolve_device(config.device)
     config = config.for_device(target_device)
     source = resolve_model(model)
@@ -238,26 +236,18 @@ def quantize(
         produced = produce(source, config, trust_remote_code, timer, staging)
         # The source's own count: packed and bitsandbytes tensors hide how many weights they stand for.
         parameters = weight_statistics(source.path)["parameters"] or count_parameters(produced.model)
-        manifest = Manifest(
+        manifest = new_manifest(
+            method=config.method,
+            config=config,
+            source=source,
             command=command or api_call("quantize", model, out_path, **config.model_dump()),
             recipe=recipe,
-            lineage=lineage_for(source),
-            method=config.method,
-            parameters=config.model_dump(),
             format=produced.format,
+            phases=timer.as_dicts(),
+            device=target_device,
             calibration=produced.calibration,
             seed=config.seed if produced.calibration else None,
-            model={
-                "architecture": type(produced.model).__name__,
-                "model_type": produced.model.config.model_type,
-                "parameters": parameters,
-                "dtype": str(next(produced.model.parameters()).dtype).removeprefix("torch."),
-            },
-            phases=timer.as_dicts(),
-            libraries=library_versions(),
-            device=device_description(target_device),
             extra=produced.extra,
         )
-        write_manifest(staging, manifest)
-        write_model_card(staging, manifest)
+        publish(staging, manifest, produced.model, parameters)
     return out_path

@@ -1,0 +1,1 @@
+"""Techniques beyond the built-in ones: every module here registers one (see `compress.technique`)."""
