@@ -13,12 +13,15 @@ import shlex
 import sys
 import traceback
 import warnings
+from inspect import Parameter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from compress import console
+from compress.cli_options import config_parameters, option, with_parameters
+from compress.distill.config import DistillConfig, GenerateConfig, TrainConfig
 from compress.errors import CompressError, option_error, os_error_message
 from compress.version import __version__
 
@@ -436,109 +439,35 @@ distill_app = typer.Typer(
 )
 app.add_typer(distill_app, name="distill")
 
-Teacher = Annotated[
-    str | None, typer.Option("--teacher", help="The teacher: a model directory, hub id or artifact.")
-]
-StudentModel = Annotated[
-    str | None,
-    typer.Option("--student", help="The student: an artifact (e.g. pruned), a model dir or hub id."),
-]
-StudentConfig = Annotated[
-    str | None,
-    typer.Option(
-        "--student-config",
-        help="A student from the teacher's config, smaller: e.g. num_hidden_layers=2,intermediate_size=172.",
-    ),
-]
-StudentInit = Annotated[
-    str | None,
-    typer.Option("--student-init", help="--student-config start: teacher (default) weights or random."),
-]
-Prompts = Annotated[
-    str | None,
-    typer.Option("--prompts", help="Prompt source, any data source (default builtin:python-stdlib)."),
-]
-PromptTokens = Annotated[
-    int | None,
-    typer.Option("--prompt-tokens", help="Cut each prompt to this many tokens (default 64; 0: whole)."),
-]
-Samples = Annotated[
-    int | None, typer.Option("--samples", help="Teacher completions to generate (default 512).")
-]
-SamplesPerPrompt = Annotated[
-    int | None, typer.Option("--samples-per-prompt", help="Completions per prompt (default 1).")
-]
-MaxNewTokens = Annotated[
-    int | None, typer.Option("--max-new-tokens", help="Tokens per completion (default 128).")
-]
-Greedy = Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")]
-SamplingTemperature = Annotated[
-    float | None, typer.Option("--sampling-temperature", help="Sampling temperature (default 1.0).")
-]
-TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass (default 1.0: off).")]
-StoreTopk = Annotated[
-    int | None,
-    typer.Option("--store-topk", help="Store the teacher's top-k log-probs (offline KD; default 0)."),
-]
-Engine = Annotated[str | None, typer.Option("--engine", help="hf (default) or vllm (when installed).")]
-GenerateBatch = Annotated[
-    int | None, typer.Option("--generate-batch-size", help="Sequences per generate call.")
-]
-ShardSize = Annotated[int | None, typer.Option("--shard-size", help="Completions per shard (resume unit).")]
-Loss = Annotated[str | None, typer.Option("--loss", help="kl, ce or kl+ce (default).")]
-Alpha = Annotated[float | None, typer.Option("--alpha", help="KL weight in kl+ce (default 0.5).")]
-Temperature = Annotated[
-    float | None, typer.Option("--temperature", help="Distillation temperature T (default 1).")
-]
-TeacherLogits = Annotated[
-    str | None,
-    typer.Option("--teacher-logits", help="online (teacher forward, default) or offline (stored top-k)."),
-]
-Steps = Annotated[int | None, typer.Option("--steps", help="Optimizer steps (default 200).")]
-LearningRate = Annotated[
-    float | None, typer.Option("--lr", help="Peak learning rate, cosine schedule (default 1e-4).")
-]
-BatchSize = Annotated[
-    int | None, typer.Option("--batch-size", help="Sequences per device per step (default 8).")
-]
-GradAccum = Annotated[
-    int | None, typer.Option("--grad-accum", help="Gradient accumulation steps (default 1).")
-]
-MaxSeqLen = Annotated[int | None, typer.Option("--max-seq-len", help="Cut training sequences (default 512).")]
-MixedPrecision = Annotated[
-    str | None, typer.Option("--mixed-precision", help="auto (bf16 on CUDA that has it), no, bf16, fp16.")
-]
-SaveSteps = Annotated[int | None, typer.Option("--save-steps", help="Checkpoint every N steps (default 50).")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of the same run.")]
-Suite = Annotated[
-    str | None, typer.Option("--suite", help="Eval suite for the final report (default: default).")
-]
-EvalData = Annotated[str | None, typer.Option("--eval-data", help="Override the suite's eval text.")]
-NoEval = Annotated[bool, typer.Option("--no-eval", help="Skip the final evaluation.")]
-Seed = Annotated[
-    int | None, typer.Option("--seed", help="Seed of sampling, data order and init (default 0).")
-]
-Device = Annotated[str | None, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, …")]
-Force = Annotated[bool, typer.Option("--force", "-f", help="Replace --out (and unusable work files).")]
-TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repo's own code.")]
+
+def _model_option(name: str, help: str) -> Parameter:
+    return option(name, None, str | None, f"--{name}", help=help)
 
 
-def _distill_options(params: dict[str, object], *configs: type) -> dict[str, object]:
-    """The config fields among a command's parameters that the user set (the rest keep the config's
-    defaults), with the flags spelled differently on the command line translated."""
-    from compress.distill.student import parse_student_config
+_TEACHER = _model_option("teacher", "The teacher: a model directory, hub id or artifact.")
+_STUDENT = _model_option("student", "The student: an artifact (e.g. pruned), a model dir or hub id.")
+_RESUME = option("resume", False, bool, "--resume", help="Continue from the last checkpoint of the same run.")
+_FORCE = option("force", False, bool, "--force", "-f", help="Replace --out (and unusable work files).")
+_TRUST = option(
+    "trust_remote_code", False, bool, "--trust-remote-code", help="Run the model repo's own code."
+)
 
-    fields = set().union(*(config.model_fields for config in configs))
-    options = {name: value for name, value in params.items() if name in fields and value is not None}
-    if params.get("prompt_tokens") == 0:
-        options["prompt_tokens"] = None  # whole documents
-    if params.get("greedy"):
-        options["do_sample"] = False
-    if params.get("student_config") is not None:
-        options["student_config"] = parse_student_config(params["student_config"])
-    if params.get("no_eval"):
-        options["eval"] = False
-    return options
+
+def _out_option(help: str) -> Parameter:
+    return option("out", None, Path | None, "--out", "-o", help=help)
+
+
+def _library_options(config: type, params: dict[str, object]) -> dict[str, object]:
+    """What a distill command hands the library: the config's fields among its parameters (flags,
+    defaults and help come from the config), how the run was asked for, and the overwrite and
+    remote-code switches."""
+    fields = {name: params[name] for name in config.model_fields}
+    return {
+        **fields,
+        "force": params["force"],
+        "trust_remote_code": params["trust_remote_code"],
+        "command": _command(),
+    }
 
 
 def _require_teacher(teacher: str | None) -> str:
@@ -554,123 +483,35 @@ def _show_distillation(path: Path) -> None:
     from compress.artifact import read_manifest
     from compress.distill.report import distillation_view
 
-    if not PartialState().is_main_process:
-        return
-    console.show_written(path, read_manifest(path).extra["distillation"], distillation_view)
+    if PartialState().is_main_process:
+        console.show_written(path, read_manifest(path).extra["distillation"], distillation_view)
 
 
-@distill_app.callback(
-    invoke_without_command=True,
-    epilog="Examples:\n\n"
-    "  compress distill --teacher ./big --student out/pruned --samples 2000 --steps 500\n\n"
-    "  compress distill generate --teacher ./my-model --out gens --store-topk 32\n\n"
-    "  compress distill train --teacher ./my-model --student out/pruned --data gens --loss kl\n\n"
-    "  accelerate launch --multi_gpu --num_processes 8 -m compress distill train --teacher … --data gens",
-)
-def distill(
-    ctx: typer.Context,
-    teacher: Teacher = None,
-    student: StudentModel = None,
-    student_config: StudentConfig = None,
-    student_init: StudentInit = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output artifact directory.")] = None,
-    generations: Annotated[
-        Path | None, typer.Option("--generations", help="Where the generations go (default <out>.work/).")
-    ] = None,
-    prompts: Prompts = None,
-    prompt_tokens: PromptTokens = None,
-    samples: Samples = None,
-    samples_per_prompt: SamplesPerPrompt = None,
-    max_new_tokens: MaxNewTokens = None,
-    greedy: Greedy = False,
-    sampling_temperature: SamplingTemperature = None,
-    top_p: TopP = None,
-    store_topk: StoreTopk = None,
-    engine: Engine = None,
-    generate_batch_size: GenerateBatch = None,
-    loss: Loss = None,
-    alpha: Alpha = None,
-    temperature: Temperature = None,
-    teacher_logits: TeacherLogits = None,
-    steps: Steps = None,
-    lr: LearningRate = None,
-    batch_size: BatchSize = None,
-    grad_accum: GradAccum = None,
-    max_seq_len: MaxSeqLen = None,
-    mixed_precision: MixedPrecision = None,
-    save_steps: SaveSteps = None,
-    resume: Resume = False,
-    suite: Suite = None,
-    eval_data: EvalData = None,
-    no_eval: NoEval = False,
-    seed: Seed = None,
-    device: Device = None,
-    force: Force = False,
-    trust_remote_code: TrustRemoteCode = False,
-) -> None:
-    """Distill a teacher into a student: generate, then train (or run one stage: generate, train)."""
-    params = dict(locals())
+def _distill(ctx: typer.Context, **params: object) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from compress.distill.config import DistillConfig
     from compress.distill.runner import distill as run_distill
 
     path = run_distill(
-        _require_teacher(teacher),
-        student,
-        out,
-        generations=generations,
-        force=force,
-        trust_remote_code=trust_remote_code,
-        command=_command(),
-        resume=resume,
-        **_distill_options(params, DistillConfig),
+        _require_teacher(params["teacher"]),
+        params["student"],
+        params["out"],
+        generations=params["generations"],
+        resume=params["resume"],
+        **_library_options(DistillConfig, params),
     )
     _show_distillation(path)
 
 
-@distill_app.command(
-    "generate",
-    epilog="Examples:\n\n"
-    "  compress distill generate --teacher ./big --prompts prompts.jsonl:prompt --out gens\n\n"
-    "  compress distill generate --teacher ./my-model --samples 4096 --store-topk 32 --out gens",
-)
-def distill_generate(
-    teacher: Teacher = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="The generation directory (required).")
-    ] = None,
-    prompts: Prompts = None,
-    prompt_tokens: PromptTokens = None,
-    samples: Samples = None,
-    samples_per_prompt: SamplesPerPrompt = None,
-    max_new_tokens: MaxNewTokens = None,
-    greedy: Greedy = False,
-    sampling_temperature: SamplingTemperature = None,
-    top_p: TopP = None,
-    store_topk: StoreTopk = None,
-    engine: Engine = None,
-    generate_batch_size: GenerateBatch = None,
-    shard_size: ShardSize = None,
-    seed: Seed = None,
-    device: Device = None,
-    force: Force = False,
-    trust_remote_code: TrustRemoteCode = False,
-) -> None:
-    """Teacher completions over prompts, as a `datasets` dataset in resumable shards."""
-    params = dict(locals())
-    from compress.distill.config import GenerateConfig
+def _distill_generate(**params: object) -> None:
     from compress.distill.generate import generate
 
-    if out is None:
+    if params["out"] is None:
         raise CompressError("give the output directory: --out DIR")
     path = generate(
-        _require_teacher(teacher),
-        out,
-        force=force,
-        trust_remote_code=trust_remote_code,
-        command=_command(),
-        **_distill_options(params, GenerateConfig),
+        _require_teacher(params["teacher"]),
+        params["out"],
+        **_library_options(GenerateConfig, params),
     )
     meta = json.loads((path / "generation.json").read_text())
     summary = {key: meta.get(key) for key in ("completions", "tokens", "wall_s", "generated_tokens_per_s")}
@@ -683,61 +524,92 @@ def distill_generate(
         )
 
 
-@distill_app.command(
+def _distill_train(**params: object) -> None:
+    from compress.distill.train import train
+
+    if params["data"] is None:
+        raise CompressError("give the generations: --data DIR (from `compress distill generate`)")
+    path = train(
+        _require_teacher(params["teacher"]),
+        params["student"],
+        params["out"],
+        data=params["data"],
+        resume=params["resume"],
+        **_library_options(TrainConfig, params),
+    )
+    _show_distillation(path)
+
+
+_CONTEXT = Parameter("ctx", Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+_GENERATIONS = option(
+    "generations", None, Path | None, "--generations", help="Where the generations go (default <out>.work/)."
+)
+_DATA = option("data", None, Path | None, "--data", help="Generations from `distill generate` (required).")
+
+distill_app.callback(
+    invoke_without_command=True,
+    epilog="Examples:\n\n"
+    "  compress distill --teacher ./big --student out/pruned --samples 2000 --steps 500\n\n"
+    "  compress distill generate --teacher ./my-model --out gens --store-topk 32\n\n"
+    "  compress distill train --teacher ./my-model --student out/pruned --data gens --loss kl\n\n"
+    "  accelerate launch --multi_gpu --num_processes 8 -m compress distill train --teacher … --data gens",
+)(
+    with_parameters(
+        _distill,
+        [
+            _CONTEXT,
+            _TEACHER,
+            _STUDENT,
+            _out_option("Output artifact directory."),
+            _GENERATIONS,
+            *config_parameters(DistillConfig),
+            _RESUME,
+            _FORCE,
+            _TRUST,
+        ],
+        "Distill a teacher into a student: generate, then train (or run one stage: generate, train).",
+    )
+)
+distill_app.command(
+    "generate",
+    epilog="Examples:\n\n"
+    "  compress distill generate --teacher ./big --prompts prompts.jsonl:prompt --out gens\n\n"
+    "  compress distill generate --teacher ./my-model --samples 4096 --store-topk 32 --out gens",
+)(
+    with_parameters(
+        _distill_generate,
+        [
+            _TEACHER,
+            _out_option("The generation directory (required)."),
+            *config_parameters(GenerateConfig),
+            _FORCE,
+            _TRUST,
+        ],
+        "Teacher completions over prompts, as a `datasets` dataset in resumable shards.",
+    )
+)
+distill_app.command(
     "train",
     epilog="Examples:\n\n"
     "  compress distill train --teacher ./big --student out/pruned --data gens --steps 500\n\n"
     "  compress distill train --teacher ./big --student-config num_hidden_layers=6 --data gens --loss kl\n\n"
     "  compress distill train --teacher ./my-model --student out/pruned --data gens --resume",
-)
-def distill_train(
-    teacher: Teacher = None,
-    student: StudentModel = None,
-    student_config: StudentConfig = None,
-    student_init: StudentInit = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="Generations from `distill generate` (required).")
-    ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output artifact directory.")] = None,
-    loss: Loss = None,
-    alpha: Alpha = None,
-    temperature: Temperature = None,
-    teacher_logits: TeacherLogits = None,
-    steps: Steps = None,
-    lr: LearningRate = None,
-    batch_size: BatchSize = None,
-    grad_accum: GradAccum = None,
-    max_seq_len: MaxSeqLen = None,
-    mixed_precision: MixedPrecision = None,
-    save_steps: SaveSteps = None,
-    resume: Resume = False,
-    suite: Suite = None,
-    eval_data: EvalData = None,
-    no_eval: NoEval = False,
-    seed: Seed = None,
-    device: Device = None,
-    force: Force = False,
-    trust_remote_code: TrustRemoteCode = False,
-) -> None:
-    """Train a student on teacher generations with α·T²·KL + (1−α)·CE; evaluate it at the end."""
-    params = dict(locals())
-    from compress.distill.config import TrainConfig
-    from compress.distill.train import train
-
-    if data is None:
-        raise CompressError("give the generations: --data DIR (from `compress distill generate`)")
-    path = train(
-        _require_teacher(teacher),
-        student,
-        out,
-        data=data,
-        force=force,
-        trust_remote_code=trust_remote_code,
-        command=_command(),
-        resume=resume,
-        **_distill_options(params, TrainConfig),
+)(
+    with_parameters(
+        _distill_train,
+        [
+            _TEACHER,
+            _STUDENT,
+            _DATA,
+            _out_option("Output artifact directory."),
+            *config_parameters(TrainConfig),
+            _RESUME,
+            _FORCE,
+            _TRUST,
+        ],
+        "Train a student on teacher generations with α·T²·KL + (1−α)·CE; evaluate it at the end.",
     )
-    _show_distillation(path)
+)
 
 
 def main(argv: list[str] | None = None) -> int:

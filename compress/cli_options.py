@@ -53,12 +53,24 @@ def config_parameters(config: type[BaseModel]) -> list[inspect.Parameter]:
     return parameters
 
 
-def _common_parameters(technique: Technique) -> list[inspect.Parameter]:
-    def option(name: str, default: Any, annotation: Any, *decls: str, help: str) -> inspect.Parameter:
-        return inspect.Parameter(
-            name, _KEYWORD, default=typer.Option(default, *decls, help=help), annotation=annotation
-        )
+def option(name: str, default: Any, annotation: Any, *decls: str, help: str) -> inspect.Parameter:
+    """A keyword parameter that typer reads as the option `decls`."""
+    return inspect.Parameter(
+        name, _KEYWORD, default=typer.Option(default, *decls, help=help), annotation=annotation
+    )
 
+
+def with_parameters(
+    function: Callable[..., None], parameters: list[inspect.Parameter], doc: str
+) -> Callable[..., None]:
+    """`function(**params)` with the signature typer builds its options from, and its help."""
+    function.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    function.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    function.__doc__ = doc
+    return function
+
+
+def _common_parameters(technique: Technique) -> list[inspect.Parameter]:
     parameters = [
         option(
             "out", None, Path | None, "--out", "-o", help="Output directory (default: under compressed/)."
@@ -101,18 +113,4 @@ def technique_command(technique: Technique, command_line: Callable[[], str]) -> 
         annotation=str,
     )
     parameters = [model, *config_parameters(technique.config), *_common_parameters(technique)]
-    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    command.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
-    command.__doc__ = technique.help
-    return command
-
-
-def add_technique_commands(
-    app: typer.Typer, command_line: Callable[[], str], techniques: dict[str, Technique]
-) -> None:
-    """A command on `app` for every technique that asks for a generated one."""
-    for name, technique in techniques.items():
-        if technique.command:
-            app.command(name, epilog=technique.epilog or None, help=technique.help)(
-                technique_command(technique, command_line)
-            )
+    return with_parameters(command, parameters, technique.help)

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from compress.distill.config import TrainConfig
+from compress.distill.config import STUDENT_CONFIG_KEYS, TrainConfig
 from compress.errors import CompressError
 from compress.modeling import (
     ModelSource,
@@ -26,14 +26,6 @@ from compress.modeling import (
     tokenizers_match,
 )
 
-#: `--student-config` keys and the pruning target each becomes.
-STUDENT_CONFIG_KEYS = {
-    "num_hidden_layers": "layers_keep",
-    "hidden_size": "hidden_size",
-    "intermediate_size": "mlp_size",
-    "num_attention_heads": "heads_keep",
-    "num_key_value_heads": None,  # follows from the head count (whole KV groups or per group)
-}
 TOKENIZER_PROBE = "def main():\n    print('Hello, world!')  # 1234 Once upon a time, there was a little dog."
 
 
@@ -45,29 +37,6 @@ class StudentSpec:
     description: dict[str, Any]
     source: ModelSource | None = None
     overrides: dict[str, int] | None = None
-
-
-def parse_student_config(text: str) -> dict[str, int]:
-    """`num_hidden_layers=2,intermediate_size=172` → a dict; unknown keys are a one-line error."""
-    overrides: dict[str, int] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, separator, value = item.partition("=")
-        key = key.strip()
-        if not separator or not value.strip().isdigit():
-            raise CompressError(f"--student-config takes key=integer pairs, not '{item}'")
-        overrides[key] = int(value)
-    check_student_config(overrides)
-    return overrides
-
-
-def check_student_config(overrides: dict[str, int]) -> None:
-    unknown = [key for key in overrides if key not in STUDENT_CONFIG_KEYS]
-    if unknown:
-        raise CompressError(
-            f"--student-config does not know '{unknown[0]}'; use {', '.join(STUDENT_CONFIG_KEYS)}"
-        )
-    if not overrides:
-        raise CompressError("--student-config is empty; give e.g. num_hidden_layers=2")
 
 
 def check_tokenizer(teacher_tokenizer, source: ModelSource, trust_remote_code: bool) -> None:
@@ -174,7 +143,6 @@ def student_spec(
         kind = "artifact" if source.is_artifact else "model"
         return StudentSpec({"kind": kind, "reference": source.reference, "sha256": source.sha256}, source)
     overrides = dict(config.student_config or {})
-    check_student_config(overrides)
     _student_sizes(load_config(teacher, trust_remote_code), overrides)
     description = {
         "kind": "config",
