@@ -179,6 +179,13 @@ def load_config(source: ModelSource, trust_remote_code: bool = False):
         raise CompressError(f"cannot read the config of '{source.reference}': {exc}") from exc
 
 
+def stored_dtype(model_config) -> torch.dtype:
+    """The dtype a checkpoint's config declares (float32 when it declares none): what a dense
+    artifact made from it is saved in."""
+    dtype = getattr(model_config, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
 def reject_quantized(source: ModelSource, trust_remote_code: bool = False) -> None:
     """Techniques start from the original weights: re-compressing an already quantized model would
     compound the errors and mostly cannot be read back into float weights anyway."""

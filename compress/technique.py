@@ -25,8 +25,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-#: Built-in techniques, in the order the CLI lists them.
-BUILTIN = ("compress.quantize.technique", "compress.prune.technique", "compress.distill.technique")
+#: Built-in techniques and the module that registers each, in the order the CLI lists them.
+BUILTIN = {
+    "quantize": "compress.quantize.technique",
+    "prune": "compress.prune.technique",
+    "distill": "compress.distill.technique",
+}
 #: How a recipe names its own model, in `from:` and in a technique's model fields (a teacher).
 RECIPE_BASE = "base"
 #: The package whose modules are techniques, and the entry point group of installed ones.
@@ -166,7 +170,7 @@ def discover() -> None:
     not run again, so calling this twice registers nothing twice."""
     global _loaded
     _loaded = True
-    for module in BUILTIN:
+    for module in BUILTIN.values():
         importlib.import_module(module)
     package = importlib.import_module(PLUGIN_PACKAGE)
     for info in pkgutil.iter_modules(package.__path__, f"{PLUGIN_PACKAGE}."):
@@ -176,10 +180,12 @@ def discover() -> None:
 
 
 def techniques() -> dict[str, Technique]:
-    """Every registered technique by name: the built-in ones first, then plugins."""
+    """Every registered technique by name: the built-in ones first, then the others by name
+    (whatever order their modules were imported in)."""
     if not _loaded:
         discover()
-    return dict(_registry)
+    order = [*(name for name in BUILTIN if name in _registry), *sorted(set(_registry) - set(BUILTIN))]
+    return {name: _registry[name] for name in order}
 
 
 def technique(name: str) -> Technique:

@@ -44,6 +44,7 @@ from compress.modeling import (
     reject_quantized,
     resolve_device,
     resolve_model,
+    stored_dtype,
 )
 from compress.options import parse_options
 from compress.staging import staged_directory
@@ -183,11 +184,6 @@ def _check_data(dataset, config: TrainConfig, vocabulary: int) -> None:
         raise CompressError(
             f"the generations hold token id {largest}, outside the student's {vocabulary} tokens"
         )
-
-
-def _stored_dtype(source: ModelSource, trust_remote_code: bool) -> torch.dtype:
-    dtype = getattr(load_config(source, trust_remote_code), "dtype", None)
-    return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
 def _initial_student_path(spec: StudentSpec, model, work: Path, tokenizer_dir: Path) -> Path:
@@ -335,7 +331,7 @@ def train(
         "teacher": {"reference": teacher_source.reference, "sha256": teacher_source.sha256},
         "data": {"path": str(data), "samples": len(dataset), "sha256": dataset_fingerprint(meta)},
     }
-    dtype = _stored_dtype(spec.source or teacher_source, trust_remote_code)
+    dtype = stored_dtype(load_config(spec.source or teacher_source, trust_remote_code))
     manifest = new_manifest(
         method="distill",
         config=config,

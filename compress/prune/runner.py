@@ -32,6 +32,7 @@ from compress.modeling import (
     reject_quantized,
     resolve_device,
     resolve_model,
+    stored_dtype,
 )
 from compress.options import parse_options
 from compress.prune.config import PruneConfig
@@ -89,11 +90,6 @@ def _scores(model: torch.nn.Module, config: PruneConfig, sizes: Sizes, ids: torc
     return scores
 
 
-def _stored_dtype(model_config) -> torch.dtype:
-    dtype = getattr(model_config, "dtype", None)
-    return dtype if isinstance(dtype, torch.dtype) else torch.float32
-
-
 def prune(
     model: str | Path,
     out: str | Path | None = None,
@@ -144,7 +140,7 @@ def prune(
         "parameters_after": after,
         **report,
     }
-    loaded.to(_stored_dtype(model_config))
+    loaded.to(stored_dtype(model_config))
     with staged_directory(out_path, force) as staging:
         with timer.phase("save"):
             save_model_files(loaded, source.path, staging)
@@ -161,5 +157,5 @@ def prune(
             seed=config.seed,
             extra={"pruning": report},
         )
-        publish(staging, manifest, loaded, after, _stored_dtype(model_config))
+        publish(staging, manifest, loaded, after, stored_dtype(model_config))
     return out_path

@@ -1,0 +1,223 @@
+"""`compress sparsify`: weight sparsity by Wanda (Sun et al., 2023), unstructured or N:M.
+
+A weight's importance is |W_ij| · ‖X_j‖₂, its magnitude times the norm of the input feature it
+multiplies over the calibration tokens; in each output row the least important share is set to
+zero (`unstructured`), or in every run of M consecutive inputs the M−N least important (`2:4`,
+`4:8`: the patterns sparse tensor cores run). No weight update, one calibration pass through the
+shared engine, block by block and stage by stage on the already-sparse earlier layers, like GPTQ.
+`importance: magnitude` ranks by |W| alone (the baseline the paper compares against; no data).
+
+The artifact is a dense `transformers` model whose pruned weights are zeros: the same size and,
+on CPUs and in the torch runtime, the same speed. It is for runtimes with sparse kernels (2:4 on
+NVIDIA GPUs) and for stacking with quantization; its eval shows what the zeros cost in quality.
+
+This module is also the worked example of the technique contract (`compress.technique`): a
+config, a `run` that publishes an artifact, one `register` call, and nothing edited elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compress.technique import RecipeData, RunContext, Technique, calibration_defaults, register
+
+Pattern = Literal["unstructured", "2:4", "4:8"]
+
+
+class SparsifyConfig(BaseModel):
+    """How much to zero, in which pattern, ranked how, calibrated on what."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sparsity: float = Field(
+        0.5, gt=0, lt=1, description="Share of each block weight set to zero (unstructured)."
+    )
+    pattern: Pattern = Field(
+        "unstructured",
+        description="unstructured, or N:M (2:4, 4:8: N kept in every M inputs; sets the sparsity).",
+    )
+    importance: Literal["wanda", "magnitude"] = Field(
+        "wanda", description="wanda: |weight| × input norm; magnitude: |weight| alone."
+    )
+    calib: str | None = Field(None, description="Calibration text (any data source).")
+    calib_samples: int = Field(64, ge=1, description="Calibration windows.")
+    seq_len: int = Field(256, ge=16, description="Calibration window length (capped by the model).")
+    seed: int = Field(0, description="Calibration sampling seed.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, …")
+
+    @property
+    def kept_of(self) -> tuple[int, int] | None:
+        """(N, M) of an N:M pattern; None when unstructured."""
+        if self.pattern == "unstructured":
+            return None
+        kept, run = self.pattern.split(":")
+        return int(kept), int(run)
+
+    @property
+    def effective_sparsity(self) -> float:
+        return self.sparsity if self.kept_of is None else 1 - self.kept_of[0] / self.kept_of[1]
+
+
+def prune_mask(scores: Any, config: SparsifyConfig) -> Any:
+    """True where a weight [out, in] is zeroed: the lowest scores per row, or per run of M inputs."""
+    import torch
+
+    if config.kept_of is None:
+        count = int(scores.shape[1] * config.sparsity)
+        lowest = torch.topk(scores, count, dim=1, largest=False).indices
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, lowest, True)
+    kept, run = config.kept_of
+    runs = scores.reshape(scores.shape[0], -1, run)
+    lowest = torch.topk(runs, run - kept, dim=2, largest=False).indices
+    return torch.zeros_like(runs, dtype=torch.bool).scatter_(2, lowest, True).reshape(scores.shape)
+
+
+def _check_widths(layout: Any, config: SparsifyConfig) -> None:
+    from compress.errors import CompressError
+    from compress.modeling import find_linear_layers
+
+    if config.kept_of is None:
+        return
+    run = config.kept_of[1]
+    for block in layout.blocks:
+        for layer in find_linear_layers(block):
+            if layer.in_features % run:
+                raise CompressError(
+                    f"--pattern {config.pattern} needs input widths divisible by {run}; "
+                    f"{layer.name} has {layer.in_features} (use --pattern unstructured)"
+                )
+
+
+def _input_norms(block: Any, inputs: Any, layer: Any) -> Any:
+    """‖X_j‖₂ over the calibration tokens, per input feature of `layer` (and of its stage)."""
+    import torch
+
+    from compress.calibrate import record_stage
+
+    squares = torch.zeros(layer.in_features, dtype=torch.float64)
+    record_stage(block, inputs, [layer], lambda _, x: squares.add_(x.double().pow(2).sum(dim=0)))
+    return squares.sqrt().float()
+
+
+def _sparsify(model: Any, layout: Any, input_ids: Any, config: SparsifyConfig) -> dict[str, float]:
+    """Zero each block linear's least important weights in place; returns each layer's sparsity.
+
+    With `input_ids` (Wanda), block by block through the calibration engine; without (magnitude),
+    no data and no forward at all."""
+    import torch
+
+    from compress.calibrate import calibrate_sequentially, forward_batch
+    from compress.modeling import find_linear_layers
+    from compress.quantize.calibrated import set_weight, weight_matrix
+
+    achieved: dict[str, float] = {}
+
+    def zero(index: int, layer: Any, norms: torch.Tensor) -> None:
+        weight = weight_matrix(layer).float()
+        mask = prune_mask(weight.abs() * norms, config)
+        set_weight(layer, weight.masked_fill(mask, 0))
+        achieved[f"{layout.blocks_path}.{index}.{layer.name}"] = round(mask.float().mean().item(), 6)
+
+    if input_ids is None:
+        for index, block in enumerate(layout.blocks):
+            for layer in find_linear_layers(block):
+                zero(index, layer, torch.ones(layer.in_features))
+        return achieved
+
+    def transform(index: int, block: Any, inputs: Any, stages: list) -> None:
+        for stage in stages:
+            norms = _input_norms(block, inputs, stage[0])
+            for layer in stage:
+                zero(index, layer, norms)
+
+    calibrate_sequentially(model, layout, input_ids, transform, forward_batch(input_ids.shape[1]), "sparsify")
+    return achieved
+
+
+def run(source: str | Path, config: SparsifyConfig, out: Path | None, context: RunContext) -> Path:
+    """Load, calibrate, zero, and publish a dense artifact with the sparsity per layer in its manifest."""
+    from compress.artifact import (
+        DENSE_FORMAT,
+        api_call,
+        check_output_path,
+        new_manifest,
+        publish,
+        save_model_files,
+    )
+    from compress.calibration_text import calibration_windows
+    from compress.modeling import (
+        discover_layout,
+        load_config,
+        load_model,
+        reject_quantized,
+        resolve_device,
+        resolve_model,
+        stored_dtype,
+    )
+    from compress.staging import staged_directory
+    from compress.telemetry import PhaseTimer
+
+    model_source = resolve_model(source)
+    name = Path(model_source.reference.rstrip("/")).name or "model"
+    out_path = Path(out) if out is not None else Path("compressed") / f"{name}-sparse"
+    check_output_path(out_path, context.force, inputs=(model_source.path,))
+    reject_quantized(model_source, context.trust_remote_code)
+    device = resolve_device(config.device)
+    timer = PhaseTimer()
+    with timer.phase("load"):
+        model = load_model(
+            model_source, "float32", config.device, context.trust_remote_code, require_finite=True
+        )
+        layout = discover_layout(model)
+    _check_widths(layout, config)
+    windows = None
+    if config.importance == "wanda":
+        with timer.phase("calibration_data"):
+            windows = calibration_windows(
+                model, model_source, config.calib, config.calib_samples, config.seq_len, config.seed
+            )
+    with timer.phase("sparsify"):
+        achieved = _sparsify(model, layout, windows.input_ids if windows is not None else None, config)
+    model.to(stored_dtype(load_config(model_source, context.trust_remote_code)))
+    with staged_directory(out_path, context.force) as staging:
+        with timer.phase("save"):
+            save_model_files(model, model_source.path, staging)
+        manifest = new_manifest(
+            method=f"sparsify-{config.importance}",
+            config=config,
+            source=model_source,
+            command=context.command or api_call("sparsify", source, out_path, **config.model_dump()),
+            recipe=context.recipe,
+            format=DENSE_FORMAT,
+            phases=timer.as_dicts(),
+            device=device,
+            calibration=windows.fingerprint.as_dict() if windows is not None else None,
+            seed=config.seed if windows is not None else None,
+            extra={"sparsity": {"target": config.effective_sparsity, "layers": achieved}},
+        )
+        publish(staging, manifest, model)
+    return out_path
+
+
+def _recipe_data(config: SparsifyConfig, data: RecipeData) -> dict[str, Any]:
+    """Magnitude reads no data, so a new calibration text does not re-run it."""
+    return calibration_defaults(config, data) if config.importance == "wanda" else {}
+
+
+register(
+    Technique(
+        name="sparsify",
+        config=SparsifyConfig,
+        run=run,
+        summary=lambda config: (
+            f"sparsify {config.importance} {config.pattern} {config.effective_sparsity:.0%}"
+        ),
+        help="Zero the least important weights (Wanda or magnitude), unstructured or N:M; a dense artifact.",
+        recipe_data=_recipe_data,
+        epilog="Examples:\n\n  compress sparsify ./my-model --sparsity 0.5 --calib data.jsonl\n\n"
+        "  compress sparsify ./my-model --pattern 2:4 --calib data.jsonl --out out/sparse-2of4",
+    )
+)
