@@ -368,8 +368,7 @@ def run_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
 ) -> None:
     """Run a recipe: its stages (cached), then eval, gates, table and reports; exit 1 when a gate fails."""
-    from compress.pipeline.runner import default_run_dir, plan, run_recipe
-    from compress.pipeline.schema import load_recipe
+    from compress.pipeline import default_run_dir, load_recipe, plan, run_recipe
     from compress.render import recipe_plan_view
 
     loaded = load_recipe(recipe, set_)
@@ -412,8 +411,7 @@ def demo(
 ) -> None:
     """Build the trained demo model offline and run recipes/demo.yaml on it, ending with the comparison."""
     from compress.demo import demo_model
-    from compress.pipeline.runner import run_recipe
-    from compress.pipeline.schema import load_recipe
+    from compress.pipeline import load_recipe, run_recipe
 
     model_dir, record = demo_model(fast=fast, rebuild=rebuild)
     loaded = load_recipe("demo", ["model=builtin:demo-fast"] if fast else [])
@@ -490,7 +488,7 @@ def _show_distillation(path: Path) -> None:
 def _distill(ctx: typer.Context, **params: object) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from compress.distill.runner import distill as run_distill
+    from compress import distill as run_distill
 
     path = run_distill(
         _require_teacher(params["teacher"]),

@@ -4,6 +4,7 @@ stage with validation and caching, and an artifact with a manifest, without an e
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -156,3 +157,15 @@ def test_every_builtin_technique_is_registered_with_a_config_and_a_summary():
     assert list(found)[:3] == ["quantize", "prune", "distill"]
     for technique in found.values():
         assert technique.summary(technique.config()) and technique.help
+
+
+def test_help_lists_every_technique_without_importing_torch():
+    """Technique modules import configs only: `compress --help` builds every command without torch."""
+    script = (
+        "import sys; from compress import cli; code = cli.main(['--help']); "
+        "print('torch' in sys.modules, code)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False 0"
+    for name in registry.techniques():
+        assert name in result.stdout
