@@ -191,16 +191,16 @@ class RecipeFile:
 
 
 @cache
-def _recipe_model(names: tuple[str, ...]) -> type[Recipe]:
-    registered = techniques()
-    fields: dict[str, Any] = {name: (registered[name].config | None, None) for name in names}
+def _recipe_model(configs: tuple[tuple[str, type[BaseModel]], ...]) -> type[Recipe]:
+    fields: dict[str, Any] = {name: (config | None, None) for name, config in configs}
     stage = create_model("Stage", __base__=Stage, **fields)
     return create_model("Recipe", __base__=Recipe, stages=(list[stage], Field(min_length=1)))
 
 
 def recipe_model() -> type[Recipe]:
-    """The recipe schema with a stage field for every technique registered now."""
-    return _recipe_model(tuple(techniques()))
+    """The recipe schema with a stage field for every technique registered now (built once per
+    set of techniques and configs)."""
+    return _recipe_model(tuple((name, t.config) for name, t in techniques().items()))
 
 
 def stage_options(recipe: Recipe, stage: Stage) -> BaseModel:
