@@ -10,7 +10,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-quality-matrix lint format bench clean
+.PHONY: install llama-cpp demo test test-fast test-quality-matrix lint format bench clean
 
 install: $(STAMP)
 
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 	touch $@
+
+# llama.cpp's Python binding (GGUF export to k-quants, and the harness's llama.cpp runtime): built
+# once per machine from the pinned sdist with flags this VM runs (no -march=native, no AMX), cached
+# under ~/.cache/compress/llama-cpp; about 5 minutes the first time on 2 cores, seconds after.
+llama-cpp: install
+	tools/build_llama_cpp.sh $(BIN)/python
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/compress demo

@@ -345,11 +345,31 @@ def directory_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())
 
 
+def _describe_gguf(directory: Path, file: Path) -> dict[str, Any]:
+    """`describe` for a GGUF artifact (`export gguf`): its statistics come from the file's header."""
+    from compress.gguf_source import gguf_statistics
+
+    manifest = read_manifest(directory)
+    statistics = gguf_statistics(file)
+    return {
+        "path": str(directory),
+        "is_artifact": manifest is not None,
+        "architecture": statistics.pop("architecture"),
+        "model_type": "gguf",
+        "quantization_config": None,
+        "disk_bytes": directory_bytes(directory),
+        **statistics,
+        "manifest": manifest.model_dump() if manifest else None,
+    }
+
+
 def describe(directory: Path) -> dict[str, Any]:
     """What `compress inspect` shows: manifest, lineage, size, parameter count, bits per weight."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CompressError(f"'{directory}' is not a directory")
+    if not (directory / "config.json").is_file() and (ggufs := sorted(directory.glob("*.gguf"))):
+        return _describe_gguf(directory, ggufs[0])
     if not (directory / "config.json").is_file():
         raise CompressError(f"'{directory}' has no config.json, so it is not a model or artifact")
     try:

@@ -429,6 +429,26 @@ def demo(
     _show_run(result, {"model": str(model_dir), "record": record})
 
 
+# --- export ------------------------------------------------------------------------------------------
+
+export_app = typer.Typer(
+    help="Write a model or artifact in another runtime's format.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(export_app, name="export")
+
+
+def _register_export_commands() -> None:
+    from compress.cli_options import technique_command
+    from compress.export.technique import EXPORT
+
+    export_app.command("gguf", help=EXPORT.help, epilog=EXPORT.epilog)(
+        technique_command(EXPORT, _command, fixed={"format": "gguf"})
+    )
+
+
+_register_export_commands()
+
 # --- distill ----------------------------------------------------------------------------------------
 
 distill_app = typer.Typer(

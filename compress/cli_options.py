@@ -37,10 +37,13 @@ def _option_type(annotation: Any) -> Any:
     return annotation
 
 
-def config_parameters(config: type[BaseModel]) -> list[inspect.Parameter]:
-    """One keyword parameter per config field, in declaration order."""
+def config_parameters(config: type[BaseModel], fixed: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One keyword parameter per config field, in declaration order (except the `fixed` ones, which
+    the command itself decides: `export gguf` fixes `format`)."""
     parameters = []
     for name, info in config.model_fields.items():
+        if name in fixed:
+            continue
         spec = _flag_of(info)
         dashed = name.replace("_", "-")
         annotation = _option_type(info.annotation)
@@ -86,12 +89,16 @@ def _common_parameters(technique: Technique) -> list[inspect.Parameter]:
     return parameters
 
 
-def technique_command(technique: Technique, command_line: Callable[[], str]) -> Callable[..., None]:
-    """The command function for `technique`, its signature built from the config for typer to read."""
-    fields = list(technique.config.model_fields)
+def technique_command(
+    technique: Technique, command_line: Callable[[], str], fixed: dict[str, Any] | None = None
+) -> Callable[..., None]:
+    """The command function for `technique`, its signature built from the config for typer to read;
+    `fixed` config values are the command's own (no option for them)."""
+    fixed = fixed or {}
+    fields = [name for name in technique.config.model_fields if name not in fixed]
 
     def command(model: str, **params: Any) -> None:
-        config = parse_options(technique.config, {name: params[name] for name in fields})
+        config = parse_options(technique.config, {**fixed, **{name: params[name] for name in fields}})
         trust_remote_code = params["trust_remote_code"]
         if params.get("dry_run"):
             planned = technique.plan(model, config, trust_remote_code)
@@ -112,5 +119,5 @@ def technique_command(technique: Technique, command_line: Callable[[], str]) -> 
         default=typer.Argument(..., help="A model directory, a hub id, or a compress artifact."),
         annotation=str,
     )
-    parameters = [model, *config_parameters(technique.config), *_common_parameters(technique)]
+    parameters = [model, *config_parameters(technique.config, tuple(fixed)), *_common_parameters(technique)]
     return with_parameters(command, parameters, technique.help)

@@ -47,17 +47,41 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _tensor_types(path: Path) -> dict[str, int]:
-    """How many tensors the file stores in each GGML type (Q4_1, Q8_0, F32, …)."""
+def _reader(path: Path) -> Any:
     try:
         from gguf import GGUFReader
     except ImportError as exc:
         raise CompressError("reading a GGUF file needs the `gguf` package: pip install gguf") from exc
     try:
-        reader = GGUFReader(path)
+        return GGUFReader(path)
     except Exception as exc:  # the reader raises many kinds on a damaged file
         raise CompressError(f"'{path}' is not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
-    return dict(sorted(Counter(tensor.tensor_type.name for tensor in reader.tensors).items()))
+
+
+def _tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors the file stores in each GGML type (Q4_1, Q8_0, F32, …)."""
+    return dict(sorted(Counter(tensor.tensor_type.name for tensor in _reader(path).tensors).items()))
+
+
+def gguf_statistics(path: Path) -> dict[str, Any]:
+    """Sizes and parameter counts of a GGUF, as `artifact.weight_statistics` gives them for
+    safetensors: bits per weight over tensor data (llama.cpp's convention), parameters by type."""
+    reader = _reader(path)
+    parameters = sum(int(t.n_elements) for t in reader.tensors)
+    data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    by_type: Counter[str] = Counter()
+    for tensor in reader.tensors:
+        by_type[tensor.tensor_type.name] += int(tensor.n_elements)
+    field = reader.fields.get("general.architecture")
+    return {
+        "architecture": field.contents() if field is not None else None,
+        "weight_files": [path.name],
+        "weight_bytes": path.stat().st_size,
+        "parameters": parameters,
+        "parameters_by_dtype": dict(sorted(by_type.items())),
+        "tensor_bytes": data_bytes,
+        "bits_per_weight": round(8 * data_bytes / parameters, 4) if parameters else None,
+    }
 
 
 def _storage_dtype(types: dict[str, int]) -> str:
@@ -105,8 +129,8 @@ def convert_gguf(gguf: Path) -> tuple[Path, dict[str, Any]]:
     digest = _sha256(gguf)
     out = cache_root() / "gguf" / f"{gguf.stem}-{digest[:16]}"
     provenance_file = out / PROVENANCE_NAME
-    if provenance_file.is_file():
-        return out, json.loads(provenance_file.read_text())
+    if provenance_file.is_file():  # the same bytes may sit at another path now: record this one
+        return out, {**json.loads(provenance_file.read_text()), "file": str(gguf)}
     types = _tensor_types(gguf)
     dtype = _storage_dtype(types)
     out.parent.mkdir(parents=True, exist_ok=True)

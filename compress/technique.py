@@ -30,6 +30,7 @@ BUILTIN = {
     "quantize": "compress.quantize.technique",
     "prune": "compress.prune.technique",
     "distill": "compress.distill.technique",
+    "export": "compress.export.technique",
 }
 #: How a recipe names its own model, in `from:` and in a technique's model fields (a teacher).
 RECIPE_BASE = "base"

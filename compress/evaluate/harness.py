@@ -23,7 +23,7 @@ from compress.data import TokenWindows, sequential_windows
 from compress.errors import CompressError
 from compress.evaluate.compare import comparison_rows, markdown_table
 from compress.evaluate.gates import check_gate, parse_gate
-from compress.evaluate.loaders import artifact_format, load_for_eval
+from compress.evaluate.loaders import GGUF_FORMAT, artifact_format, load_for_eval
 from compress.evaluate.perplexity import summarize
 from compress.evaluate.results import (
     EvalReport,
@@ -76,6 +76,18 @@ def _display_name(source: ModelSource) -> str:
     return Path(source.reference.rstrip("/")).name or source.reference
 
 
+def _home(source: ModelSource) -> Path:
+    """Where a model's manifest and results live: its directory, or for a GGUF the directory the
+    file sits in (an `export gguf` artifact) rather than the float copy transformers made of it."""
+    if source.gguf:
+        return Path(source.gguf["file"]).parent
+    return source.path
+
+
+def _is_artifact(source: ModelSource) -> bool:
+    return read_manifest(_home(source)) is not None if source.gguf else source.is_artifact
+
+
 def _max_positions(source: ModelSource) -> int | None:
     config = json.loads((source.path / "config.json").read_text())
     return config.get("max_position_embeddings") or config.get("n_positions")
@@ -102,7 +114,13 @@ def _suite_checks(suite: Suite, gates: list[str]) -> None:
 
 
 def _size_metrics(source: ModelSource) -> dict[str, Any]:
-    info = describe(source.path)
+    if source.gguf:
+        from compress.gguf_source import gguf_statistics
+
+        info = gguf_statistics(Path(source.gguf["file"]))
+        info["disk_bytes"] = info["weight_bytes"]
+    else:
+        info = describe(source.path)
     keys = ("disk_bytes", "weight_bytes", "tensor_bytes", "parameters", "bits_per_weight")
     return {key: info[key] for key in keys}
 
@@ -140,7 +158,7 @@ def _measure(model: nn.Module, tokenizer, context: _Context, windows: TokenWindo
 def _runs_as_scored(source: ModelSource, dtype: str) -> bool:
     """Whether the model scored in `dtype` is already the one the runtime would load: `auto`, or
     a dense checkpoint stored in that very dtype (a float32 baseline under the quick suite)."""
-    if dtype == "auto":
+    if dtype == "auto" or artifact_format(source) == GGUF_FORMAT:  # llama.cpp has one way to run
         return True
     if artifact_format(source) != DENSE_FORMAT:
         return False
@@ -154,6 +172,8 @@ def _measure_speed(model: nn.Module, role: str, context: _Context, vocab_size: i
     from compress.evaluate.speed import measure_speed, measure_speeds, speed_ratios
 
     settings = context.suite.speed
+    if hasattr(model, "runtime_description"):  # llama.cpp here decodes one sequence at a time
+        settings = settings.model_copy(update={"batch_sizes": [1]})
     if role == "baseline":
         return measure_speed(model, settings, vocab_size=vocab_size)
     if context.speed_baseline is None:
@@ -166,7 +186,10 @@ def _measure_speed(model: nn.Module, role: str, context: _Context, vocab_size: i
 
 
 def _runtime_notice(name: str, runtime: dict) -> None:
-    if runtime["kernels"]:
+    if runtime.get("runtime") == "llama.cpp":
+        threads, kv_cache = runtime["threads"], runtime["kv_cache"]
+        console.notice(f"{name}: runs in llama.cpp ({threads} threads, {kv_cache} KV cache)")
+    elif runtime["kernels"]:
         layers = kernel_counts(runtime["kernels"], runtime.get("kernel_notes", {}))
         console.notice(f"{name}: runs in {runtime['dtype']}; layers: {layers}")
 
@@ -233,12 +256,15 @@ def _evaluate_model(source: ModelSource, role: str, context: _Context) -> ModelR
         with_kld = False
     with timer.phase("evaluate"):
         metrics = _measure(model, tokenizer, context, windows, with_kld)
-    runtime = {"quality_dtype": runtime_summary(model)["dtype"]}
+    described = getattr(model, "runtime_description", None)
+    runtime = {"quality_dtype": described()["dtype"] if described else runtime_summary(model)["dtype"]}
     if not _runs_as_scored(source, suite.dtype) and {"speed", "memory"} & set(suite.metrics):
         del model  # speed and memory are the runtime's: reload as the artifact would run
         with timer.phase("load runtime"):
             model = load_for_eval(source, context.device, "auto")
     runtime.update(runtime_summary(model))
+    if hasattr(model, "runtime_description"):
+        runtime.update(model.runtime_description())
     _runtime_notice(_display_name(source), runtime)
     if "speed" in suite.metrics:
         with timer.phase("speed"):
@@ -246,11 +272,11 @@ def _evaluate_model(source: ModelSource, role: str, context: _Context) -> ModelR
     _finish_metrics(metrics, model, source, timer, context)
     if role == "artifact":
         _add_recovery(metrics, context.baseline)
-    manifest = read_manifest(source.path)
+    manifest = read_manifest(_home(source))
     del model
     return ModelResult(
         name=_display_name(source),
-        path=str(source.path),
+        path=str(source.gguf["file"] if source.gguf else source.path),
         role=role,
         method=manifest.method if manifest else None,
         format=artifact_format(source),
@@ -334,14 +360,15 @@ def _evaluate_baseline(context: _Context, reuse: bool) -> ModelResult:
 
 def _record_in_artifact(source: ModelSource, key: str, result: ModelResult, baseline: ModelResult) -> None:
     """Store the result in the artifact's eval.json and refresh its model card's results table."""
-    if not store_result(source.path, key, result, baseline):
-        console.notice(f"{source.path} is read-only; results were not stored in it")
+    home = _home(source)
+    if not store_result(home, key, result, baseline):
+        console.notice(f"{home} is read-only; results were not stored in it")
         return
-    manifest = read_manifest(source.path)
+    manifest = read_manifest(home)
     if manifest is not None:
         table = markdown_table(comparison_rows([baseline, result]))
         heading = f"Suite `{result.suite}` on `{result.data['source']}`:"
-        write_model_card(source.path, manifest, f"{heading}\n\n{table}")
+        write_model_card(home, manifest, f"{heading}\n\n{table}")
 
 
 def _apply_gates(result: ModelResult, gates: list[str]) -> ModelResult:
@@ -376,13 +403,13 @@ def evaluate(request: EvalRequest) -> tuple[EvalReport, list[str]]:
     key = entry_key(suite.fingerprint(), baseline_source.sha256)
     results = []
     for source in artifact_sources:
-        cached = read_cached_result(source.path, key, source.sha256) if request.reuse else None
+        cached = read_cached_result(_home(source), key, source.sha256) if request.reuse else None
         if cached is not None and cached.data.get("sha256") == windows.fingerprint.sha256:
             console.notice(f"{_display_name(source)}: reusing eval.json (same artifact, suite and baseline)")
             result = _apply_gates(cached, gates)
         else:
             result = _apply_gates(_evaluate_model(source, "artifact", context), gates)
-            if source.is_artifact:
+            if _is_artifact(source):
                 _record_in_artifact(source, key, result, context.baseline)
         results.append(result)
     context.speed_baseline = None

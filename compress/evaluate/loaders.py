@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
@@ -24,8 +25,14 @@ def register_loader(format_name: str, loader: Loader) -> None:
     _LOADERS[format_name] = loader
 
 
+#: A GGUF file (from `export gguf`, or any llama.cpp model): scored by llama.cpp when it is built.
+GGUF_FORMAT = "gguf"
+
+
 def artifact_format(source: ModelSource) -> str:
     """The format named by the manifest, else by `quantization_config`, else dense."""
+    if source.gguf:
+        return GGUF_FORMAT
     manifest = read_manifest(source.path)
     if manifest is not None:
         return manifest.format
@@ -67,7 +74,25 @@ def _load_bnb(source: ModelSource, device: str, dtype: str) -> nn.Module:
     return load_bnb_for_eval(source, device, dtype)
 
 
+def _load_gguf(source: ModelSource, device: str, dtype: str) -> nn.Module:
+    """llama.cpp running the file itself, as its users run it (threads and KV cache recorded);
+    without llama.cpp, transformers' dequantized float copy, with a notice saying so."""
+    from compress import console, llamacpp
+    from compress.modeling import load_config
+
+    if not llamacpp.available():
+        console.notice(
+            f"{source.reference}: scored through transformers (dequantized), not llama.cpp; "
+            f"{llamacpp.HOW_TO_GET} to score it as llama.cpp runs it"
+        )
+        return _load_dense(source, device, dtype)
+    if device not in ("auto", "cpu"):
+        raise CompressError("llama.cpp here is built for CPUs; evaluate GGUF files with --device cpu")
+    return llamacpp.load_gguf_runtime(Path(source.gguf["file"]), load_config(source))
+
+
 register_loader(DENSE_FORMAT, _load_dense)
+register_loader(GGUF_FORMAT, _load_gguf)
 for _packed_format in ("gptq-packed", "awq-gemm", "transformers-gptq", "transformers-awq"):
     register_loader(_packed_format, _load_packed)
 for _bnb_format in ("bnb-int8", "bnb-4bit", "transformers-bitsandbytes"):

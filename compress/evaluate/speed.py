@@ -215,7 +215,8 @@ def weight_memory_bytes(model: nn.Module) -> int:
 
     Counting storages rather than tensors is what makes tied embeddings (one matrix reachable as
     both input and output embedding) and views into one fused buffer count once, as they are
-    resident once.
+    resident once. A model whose weights live outside torch (llama.cpp's mapped GGUF) says how
+    many bytes they take in `external_weight_bytes`.
     """
     storages: dict[tuple[torch.device, int], int] = {}
     for tensor in chain(model.parameters(), model.buffers()):
@@ -223,7 +224,7 @@ def weight_memory_bytes(model: nn.Module) -> int:
             continue
         storage = tensor.untyped_storage()
         storages[(tensor.device, storage.data_ptr())] = storage.nbytes()
-    return sum(storages.values())
+    return sum(storages.values()) + int(getattr(model, "external_weight_bytes", 0))
 
 
 def cost_per_million_tokens(price_per_hour: float, decode_tok_s: float) -> float:

@@ -1,3 +1,5 @@
-"""Export to other runtimes' formats. `blocks`: our integer grids as GGML quantization blocks, bit
-for bit, so a GPTQ/AWQ/RTN artifact whose grid matches a GGML type reaches llama.cpp without being
-rounded a second time (issue 16; the GGUF writer and llama.cpp runtime come next)."""
+"""Export to other runtimes' formats: GGUF for llama.cpp (`compress export gguf`).
+
+`blocks` turns our integer grids into GGML blocks bit for bit, `vocab` the tokenizer into llama.cpp's
+vocabulary, `writer` the model into a GGUF, `runner` all of it into an artifact directory.
+"""

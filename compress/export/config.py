@@ -1,0 +1,41 @@
+"""`compress export gguf`'s options (no torch: the CLI's --help builds from this)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Every `--type`, in llama-quantize's spelling: floats, the legacy 32-blocks, the k-quants.
+GGUF_TYPES = (
+    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
+    "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k",
+)  # fmt: skip
+#: Types a packed artifact's grid can be written in without rounding again (see export.blocks).
+LOSSLESS_TYPES = {"q4_0": "Q4_0", "q8_0": "Q8_0"}
+FLOAT_TYPES = ("f32", "f16", "bf16")
+
+
+class ExportConfig(BaseModel):
+    """What `export` writes: one GGUF of `type`. Dense sources are rounded by llama.cpp's own
+    quantizer (its per-tensor policy, as llama-quantize); our packed artifacts go over losslessly
+    when their grid is the type's block, and are refused otherwise."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["gguf"] = Field("gguf", description="Target format (llama.cpp's GGUF).")
+    type: str = Field(
+        "q8_0",
+        description="GGUF tensor type: " + ", ".join(GGUF_TYPES) + ".",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="Threads for llama.cpp's quantizer (default: torch's thread count)."
+    )
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _known_type(cls, value: object) -> object:
+        text = str(value).lower()
+        if text not in GGUF_TYPES:
+            raise ValueError(f"unknown GGUF type '{value}'; choose one of: {', '.join(GGUF_TYPES)}")
+        return text

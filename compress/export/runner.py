@@ -1,0 +1,141 @@
+"""`compress export gguf`: a model or artifact as a GGUF artifact directory llama.cpp runs.
+
+The artifact is a directory like every other (`<name>.gguf`, `compress.json`, a model card), so
+`compress eval` stores its results beside it and `compress compare` lists it; llama.cpp takes the
+.gguf inside (`llama-cli -m DIR/NAME.gguf`), and the manifest also travels inside the file
+(`compress.manifest`), so a .gguf copied elsewhere still says how it was made.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.artifact import api_call, check_output_path, new_manifest, publish, weight_statistics
+from compress.errors import CompressError
+from compress.export.config import FLOAT_TYPES, LOSSLESS_TYPES, ExportConfig
+from compress.export.writer import FLOAT_TYPES as GGML_FLOATS
+from compress.export.writer import check_architecture, write_gguf
+from compress.modeling import ModelSource, count_parameters, load_config, load_model, resolve_model
+from compress.options import parse_options
+from compress.staging import staged_directory
+from compress.telemetry import PhaseTimer
+
+FORMAT = "gguf"
+_PACKED_FORMATS = ("gptq-packed", "awq-gemm", "transformers-gptq", "transformers-awq")
+
+
+def default_output(source: ModelSource, file_type: str) -> Path:
+    """`./compressed/<model>-gguf-<type>`."""
+    name = Path(source.reference.rstrip("/")).name.removesuffix(".gguf") or "model"
+    return Path("compressed") / f"{name}-gguf-{file_type}"
+
+
+def _load(source: ModelSource, trust_remote_code: bool) -> tuple[torch.nn.Module, bool]:
+    """The model in float32 (packed layers stay packed, so their integers can go over as they are),
+    and whether it has packed layers."""
+    from compress.evaluate.loaders import artifact_format
+
+    check_architecture(load_config(source, trust_remote_code))
+    kind = artifact_format(source)
+    if kind in _PACKED_FORMATS:
+        from compress.quantize.packed import load_packed
+
+        return load_packed(source, "cpu", "float32"), True
+    if kind != "dense-safetensors":
+        raise CompressError(f"GGUF export reads dense models and GPTQ/AWQ/RTN artifacts, not '{kind}' ones")
+    return load_model(source, dtype=torch.float32, device="cpu", trust_remote_code=trust_remote_code), False
+
+
+def _lossless_type(config: ExportConfig, packed: bool) -> str | None:
+    """The block type packed layers must already be in; a packed artifact refuses other quantized types."""
+    if not packed or config.type in FLOAT_TYPES:
+        return None
+    if config.type not in LOSSLESS_TYPES:
+        raise CompressError(
+            f"a packed artifact cannot become {config.type} without rounding its weights again; export it as "
+            "q4_0 (4-bit --sym --group-size 32), q8_0 (8-bit --sym --group-size 32) or f16, or export the "
+            "source model to get llama.cpp's own quantization"
+        )
+    return LOSSLESS_TYPES[config.type]
+
+
+def _tensor_types(path: Path) -> dict[str, int]:
+    from gguf import GGUFReader
+
+    return dict(sorted(Counter(t.tensor_type.name for t in GGUFReader(path).tensors).items()))
+
+
+def export_gguf(
+    model: str | Path,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    trust_remote_code: bool = False,
+    command: str | None = None,
+    recipe: dict[str, Any] | None = None,
+    **options: Any,
+) -> Path:
+    """Write `model` (a model directory, hub id, GGUF or artifact) as a GGUF artifact; returns its path."""
+    from compress import llamacpp
+    from compress.export.vocab import read_vocab
+
+    config = parse_options(ExportConfig, options)
+    source = resolve_model(model)
+    out_path = Path(out) if out is not None else default_output(source, config.type)
+    if out_path.suffix == ".gguf":
+        hint = out_path.with_suffix("")
+        raise CompressError(f"--out names the artifact directory (the GGUF goes inside it); try --out {hint}")
+    check_output_path(out_path, force, inputs=(source.path,))
+    quantized = config.type not in FLOAT_TYPES
+    if quantized:
+        llamacpp.binding()  # refuse before loading anything when llama.cpp is missing
+    threads = config.threads or torch.get_num_threads()
+    timer = PhaseTimer()
+    with timer.phase("load"):
+        loaded, packed = _load(source, trust_remote_code)
+        lossless = _lossless_type(config, packed)
+        vocab = read_vocab(source.path, loaded.config.vocab_size)
+    name = out_path.name
+    with staged_directory(out_path, force) as staging:
+        gguf_file = staging / f"{name}.gguf"
+        float_type = GGML_FLOATS.get(config.type, "F32")
+        manifest = new_manifest(
+            method=f"gguf-{config.type}",
+            config=config,
+            source=source,
+            command=command or api_call("export_gguf", model, out_path, **config.model_dump()),
+            recipe=recipe,
+            format=FORMAT,
+            phases=timer.as_dicts(),
+            device=torch.device("cpu"),
+        )
+        stage = staging / ".stage.gguf" if quantized else gguf_file
+        with timer.phase("write gguf"):
+            plans = write_gguf(
+                loaded,
+                vocab,
+                stage,
+                float_type=float_type,
+                lossless=lossless,
+                file_type=llamacpp.FILE_TYPE_IDS[config.type],
+                name=source.reference,
+                manifest=manifest.model_dump(mode="json"),
+            )
+        if quantized:
+            with timer.phase("llama.cpp quantize"):
+                llamacpp.quantize_file(stage, gguf_file, config.type, threads)
+            stage.unlink()
+        manifest.phases = timer.as_dicts()
+        manifest.extra = {
+            "gguf_file": gguf_file.name,
+            "tensor_types": _tensor_types(gguf_file),
+            "lossless_tensors": sum(plan.exact for plan in plans),
+            "llama_cpp_quantizer": quantized,
+        }
+        parameters = weight_statistics(source.path)["parameters"] or count_parameters(loaded)
+        publish(staging, manifest, loaded, parameters, dtype=torch.float32)
+    return out_path

@@ -1,0 +1,27 @@
+"""`export` as a registered technique: a recipe stage can end in a GGUF (`export: {type: q4_0}`).
+
+Its command line is `compress export gguf MODEL` (a group, so other formats can join it), written
+in `compress.cli` from this same declaration with `format` fixed.
+"""
+
+from __future__ import annotations
+
+from compress.export.config import ExportConfig
+from compress.technique import Technique, library_runner, register
+
+EXPORT = register(
+    Technique(
+        name="export",
+        config=ExportConfig,
+        run=library_runner("compress.export.runner:export_gguf"),
+        summary=lambda config: f"export {config.format} {config.type}",
+        help="Write a GGUF file for llama.cpp (lossless from a matching GPTQ/AWQ/RTN grid).",
+        command=False,
+        epilog=(
+            "Examples:\n\n"
+            "  compress export gguf ./my-model --type q4_k_m\n\n"
+            "  compress quantize ./my-model -m gptq --bits 4 --sym --group-size 32 --out out/gptq\n\n"
+            "  compress export gguf out/gptq --type q4_0 --out out/gptq-q4_0"
+        ),
+    )
+)

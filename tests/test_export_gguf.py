@@ -1,0 +1,205 @@
+"""`compress export gguf` and llama.cpp as a runtime: exact where the formats allow it, refused in one
+line where they do not. llama.cpp itself (`make llama-cpp`) is optional on a developer's machine;
+CI builds it and sets COMPRESS_REQUIRE_LLAMA_CPP=1, which turns its absence into a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import STORIES_MODEL, TINYSTORIES_TEXT, assert_one_line_error
+
+from compress import llamacpp
+from compress.artifact import read_manifest
+from compress.modeling import resolve_model
+
+
+@pytest.fixture
+def llama_cpp():
+    if not llamacpp.available():
+        if os.environ.get("COMPRESS_REQUIRE_LLAMA_CPP"):
+            pytest.fail("llama.cpp is required here (COMPRESS_REQUIRE_LLAMA_CPP) but does not import")
+        pytest.skip("llama.cpp is not built here (make llama-cpp)")
+    return llamacpp.binding()
+
+
+def _gguf(directory):
+    (found,) = directory.glob("*.gguf")
+    return found
+
+
+def _export(run_cli, model, out, *options):
+    code, _, err = run_cli("export", "gguf", model, "--out", out, *options)
+    assert code == 0, err
+    return _gguf(out)
+
+
+def _held_out_lines(count: int = 300) -> list[str]:
+    lines = [line.strip() for line in TINYSTORIES_TEXT.read_text().splitlines()]
+    return [line for line in lines if line][-count:]
+
+
+@pytest.mark.parametrize("which", ["stories260K", "demo"])
+def test_f32_gguf_runs_in_llama_cpp_with_transformers_logits(which, request, llama_cpp, run_cli, tmp_path):
+    """F32 weights, F32 KV cache, no flash attention: llama.cpp computes what transformers does."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = STORIES_MODEL if which == "stories260K" else request.getfixturevalue("demo")[0]
+    gguf = _export(run_cli, model_dir, tmp_path / "f32", "--type", "f32")
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    runtime = llamacpp.LlamaCppCausalLM(gguf, reference.config, threads=1, kv_type="f32")
+    ids = torch.randint(0, reference.config.vocab_size, (2, 128), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = reference(ids).logits
+    assert (runtime(ids).logits - expected).abs().max() < 1e-4
+    step = runtime(ids[:1, :64], use_cache=True)  # the decode path continues the same sequence
+    following = runtime(ids[:1, 64:65], cache=step.cache, use_cache=True)
+    assert (following.logits[0, -1] - expected[0, 64]).abs().max() < 1e-4
+
+
+def test_transformers_reads_the_exported_file_back_exactly(run_cli, tmp_path):
+    """The q/k rotary permutation and the metadata round-trip: transformers' GGUF reader undoes them."""
+    from transformers import AutoModelForCausalLM
+
+    gguf = _export(run_cli, STORIES_MODEL, tmp_path / "f32", "--type", "f32")
+    original = AutoModelForCausalLM.from_pretrained(STORIES_MODEL, dtype=torch.float32).eval()
+    reread = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    ids = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert torch.equal(original(ids).logits, reread.eval()(ids).logits)
+
+
+@pytest.mark.parametrize("which", ["stories260K", "demo"])
+def test_llama_cpp_tokenizes_held_out_text_as_transformers_does(which, request, llama_cpp, run_cli, tmp_path):
+    """stories260K is a SentencePiece-style vocabulary (scores from merge ranks), the demo model a
+    byte-level BPE (`gpt-2` pre-tokenizer): 300 held-out lines each, identical ids."""
+    from transformers import AutoTokenizer
+
+    model_dir = STORIES_MODEL if which == "stories260K" else request.getfixturevalue("demo")[0]
+    gguf = _export(run_cli, model_dir, tmp_path / "f16", "--type", "f16")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vocab = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    for line in _held_out_lines():
+        expected = tokenizer.encode(line, add_special_tokens=False)
+        assert vocab.tokenize(line.encode(), add_bos=False, special=False) == expected, line
+
+
+def _tiny_llama_gptq(run_cli, tiny_model_dir, out, *options):
+    code, _, err = run_cli(
+        "quantize", tiny_model_dir("llama"), "-m", "gptq", "--bits", "4", "--group-size", "32",
+        "--calib", TINYSTORIES_TEXT, "--calib-samples", "8", "--seq-len", "64", "--out", out, *options,
+    )  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+def _unpermuted(rows: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's interleaved rotary rows back in transformers' order."""
+    return rows.reshape(heads, rows.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(rows.shape)
+
+
+def test_gptq_to_q4_0_carries_our_integers_exactly(llama_cpp, run_cli, tiny_model_dir, tmp_path):
+    """Decoded by the `gguf` package's reader (not our code), every block linear of the exported
+    file is exactly the weight GPTQ chose; llama.cpp's quantizer copied them without rounding."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from compress.quantize.packed import load_packed
+    from compress.quantize.qlinear import QuantLinear
+
+    artifact = _tiny_llama_gptq(run_cli, tiny_model_dir, tmp_path / "gptq", "--sym")
+    gguf = _export(run_cli, artifact, tmp_path / "q4_0", "--type", "q4_0")
+    packed = load_packed(resolve_model(artifact), "cpu", "float32")
+    ours = {
+        name: module.quantized_weight().dequantize().numpy()
+        for name, module in packed.named_modules()
+        if isinstance(module, QuantLinear)
+    }
+    short = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}
+    short |= {"gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+    tensors = {t.name: t for t in GGUFReader(gguf).tensors}
+    config = packed.config
+    for name, weight in ours.items():
+        layer, kind = name.split(".")[2], name.split(".")[-1]
+        tensor = tensors[f"blk.{layer}.{short[kind]}.weight"]
+        assert tensor.tensor_type.name == "Q4_0"
+        decoded = dequantize(tensor.data, tensor.tensor_type).reshape(weight.shape)
+        if kind in ("q_proj", "k_proj"):
+            heads = config.num_attention_heads if kind == "q_proj" else config.num_key_value_heads
+            decoded = _unpermuted(decoded, heads)
+        assert np.array_equal(decoded, weight), name
+    manifest = read_manifest(gguf.parent)
+    assert manifest.extra["lossless_tensors"] == len(ours) == 14
+    assert manifest.lineage.parent["method"] == "gptq"
+
+
+def test_a_grid_that_no_block_type_holds_is_refused(llama_cpp, run_cli, tiny_model_dir, tmp_path):
+    artifact = _tiny_llama_gptq(run_cli, tiny_model_dir, tmp_path / "asym", "--asym")
+    code, _, err = run_cli("export", "gguf", artifact, "--type", "q4_0", "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "asymmetric", "does not hold exactly", "--sym --group-size 32")
+    code, _, err = run_cli("export", "gguf", artifact, "--type", "q4_k_m", "--out", tmp_path / "x")
+    assert_one_line_error(code, err, "without rounding its weights again", "q4_0")
+    assert not (tmp_path / "x").exists()
+
+
+def test_refusals_are_one_line(run_cli, tiny_model_dir, tmp_path, monkeypatch):
+    qwen2 = tiny_model_dir("qwen2")
+    code, _, err = run_cli("export", "gguf", qwen2, "--type", "f16", "--out", tmp_path / "a")
+    assert_one_line_error(code, err, "supports the llama architecture", "qwen2")
+    code, _, err = run_cli("export", "gguf", STORIES_MODEL, "--type", "q3", "--out", tmp_path / "b")
+    assert code == 2 and "unknown GGUF type 'q3'" in err
+    code, _, err = run_cli("export", "gguf", STORIES_MODEL, "--out", tmp_path / "c.gguf")
+    assert_one_line_error(code, err, "--out names the artifact directory", str(tmp_path / "c"))
+    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # as if it were not built
+    code, _, err = run_cli("export", "gguf", STORIES_MODEL, "--type", "q4_0", "--out", tmp_path / "d")
+    assert_one_line_error(code, err, "llama.cpp is not available", "make llama-cpp")
+    assert not any(tmp_path.iterdir())
+
+
+def test_eval_scores_a_gguf_in_llama_cpp_beside_torch_artifacts(llama_cpp, run_cli, tmp_path):
+    """The harness runs the file in llama.cpp and records how; an F32 export matches the baseline."""
+    artifact = tmp_path / "q8"
+    _export(run_cli, STORIES_MODEL, tmp_path / "f32", "--type", "f32")
+    _export(run_cli, STORIES_MODEL, artifact, "--type", "q8_0")
+    report = tmp_path / "report.json"
+    code, _, err = run_cli(
+        "eval", tmp_path / "f32", artifact, "--baseline", STORIES_MODEL, "--suite", "quick",
+        "--data", TINYSTORIES_TEXT, "--seq-len", "128", "--max-tokens", "4096",
+        "--metrics", "ppl,kld,size", "--json", report,
+    )  # fmt: skip
+    assert code == 0, err
+    f32, q8 = json.loads(report.read_text())["results"]
+    assert f32["runtime"]["runtime"] == "llama.cpp" and f32["format"] == "gguf"
+    assert f32["metrics"]["kld"]["mean"] < 1e-4  # only llama.cpp's f16 KV cache differs
+    assert 1e-4 < q8["metrics"]["kld"]["mean"] < 5e-3 and q8["method"] == "gguf-q8_0"
+    assert q8["metrics"]["size"]["bits_per_weight"] < 12
+    assert (artifact / "eval.json").is_file()  # stored beside the file, in the export's artifact
+
+
+def test_a_recipe_can_end_in_a_gguf(llama_cpp, run_cli, tiny_model_dir, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        textwrap.dedent(f"""\
+        version: 1
+        name: to-gguf
+        model: {tiny_model_dir("llama")}
+        data:
+          calib: {{source: "{TINYSTORIES_TEXT}", samples: 8, seq_len: 64}}
+          eval: {{source: "{TINYSTORIES_TEXT}", seq_len: 64, max_tokens: 512}}
+        stages:
+          - {{name: int4, quantize: {{method: gptq, bits: 4, group_size: 32, sym: true}}}}
+          - {{name: gguf, export: {{type: q4_0}}}}
+        eval:
+          suite: quick
+          metrics: [ppl, kld, size]
+        """)
+    )
+    code, _, err = run_cli("run", recipe, "--out", tmp_path / "run")
+    assert code == 0, err
+    manifest = read_manifest(tmp_path / "run" / "gguf")
+    assert manifest.method == "gguf-q4_0" and manifest.extra["lossless_tensors"] == 14
+    assert manifest.lineage.parent["method"] == "gptq"
