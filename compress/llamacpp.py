@@ -10,6 +10,7 @@ error that says how to get it.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import tempfile
 import weakref
@@ -60,6 +61,10 @@ def binding() -> Any:
         import llama_cpp
     except ImportError as exc:
         raise CompressError(f"llama.cpp is not available: {HOW_TO_GET}") from exc
+    # The binding prints every llama.cpp log line unless its logger's own level says otherwise
+    # (it does not consult `logging.disable`); keep them only where the CLI runs with --verbose.
+    quiet = logging.root.manager.disable >= logging.WARNING
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR if quiet else logging.NOTSET)
     return llama_cpp
 
 

@@ -203,3 +203,18 @@ def test_a_recipe_can_end_in_a_gguf(llama_cpp, run_cli, tiny_model_dir, tmp_path
     manifest = read_manifest(tmp_path / "run" / "gguf")
     assert manifest.method == "gguf-q4_0" and manifest.extra["lossless_tensors"] == 14
     assert manifest.lineage.parent["method"] == "gptq"
+
+
+def test_widths_no_block_divides_follow_llama_cpps_own_fallback(llama_cpp, run_cli, tmp_path):
+    """stories260K's MLP is 172 wide: an explicit --group-size 32 refuses it unless the per-layer
+    fallback is asked for by name; exported, those layers go as floats (F16 after llama.cpp, as it
+    does for that layer of any model) and the other 30 linears as our exact Q4_0 blocks."""
+    out = tmp_path / "rtn"
+    base = ("quantize", STORIES_MODEL, "-m", "rtn", "--bits", "4", "--sym", "--group-size", "32")
+    code, _, err = run_cli(*base, "--out", out)
+    assert_one_line_error(code, err, "does not divide the input width 172", "--group-fallback")
+    assert run_cli(*base, "--group-fallback", "--out", out)[0] == 0
+    gguf = _export(run_cli, out, tmp_path / "q4_0", "--type", "q4_0")
+    manifest = read_manifest(gguf.parent)
+    assert manifest.extra["lossless_tensors"] == 30
+    assert manifest.extra["tensor_types"]["F16"] == 5 and manifest.extra["tensor_types"]["Q4_0"] == 30

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from compress.errors import CompressError
-from compress.export.blocks import ggml_blocks
+from compress.export.blocks import BLOCK, ggml_blocks
 from compress.export.vocab import GGUFVocab
 
 #: Architectures llama.cpp runs as `llama` whose tensors this writer knows.
@@ -159,8 +159,10 @@ def _tensor_bytes(
         if lossless is not None and kind == lossless:
             blocks = ggml_blocks(value)
             return (_rotary_rows(blocks, heads) if heads else blocks), kind, True
-        if lossless is not None:
+        if lossless is not None and value.in_features % BLOCK == 0:
             raise _packed_grid_error(hf_name, value, lossless)
+        # Floats: asked for, or a width no 32-block divides, which llama.cpp's quantizer then gives
+        # the same fallback type it gives any model's tensor of that width.
         value = value.dequantize(torch.float32)
     tensor = value.detach().to(torch.float32)
     if heads:

@@ -79,9 +79,10 @@ def apply_quantized(layer: LinearLayer, full_name: str, qw: QuantizedWeight, sta
 
 
 def check_group_size(layout: DecoderLayout, config: QuantizeConfig) -> None:
-    """An explicit group size must divide every quantized layer's input width (no silent fallback)."""
+    """An explicit group size must divide every quantized layer's input width (no silent fallback),
+    unless `group_fallback` asks for the per-layer fallback by name."""
     size = config.group_size
-    if size is None or size == -1:
+    if size is None or size == -1 or config.group_fallback:
         return
     for index, block in enumerate(layout.blocks):
         for layer in find_linear_layers(block):
@@ -89,8 +90,8 @@ def check_group_size(layout: DecoderLayout, config: QuantizeConfig) -> None:
                 divisor = max(d for d in range(1, size + 1) if layer.in_features % d == 0)
                 raise CompressError(
                     f"--group-size {size} does not divide the input width {layer.in_features} of "
-                    f"{layout.blocks_path}.{index}.{layer.name}; use {divisor}, -1, or leave it unset "
-                    "for the automatic per-layer fallback"
+                    f"{layout.blocks_path}.{index}.{layer.name}; use {divisor}, -1, --group-fallback, or "
+                    "leave it unset for the automatic per-layer fallback"
                 )
 
 

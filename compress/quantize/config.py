@@ -55,6 +55,11 @@ class QuantizeConfig(BaseModel):
         description="Weights per scale (-1: whole row). Unset: the largest of 128, 64, 32 that divides "
         "every width, else per layer.",
     )
+    group_fallback: bool = Field(
+        False,
+        description="With --group-size: a layer whose width it does not divide takes the largest kernel "
+        "group (else divisor) below it, instead of an error (e.g. 32 for GGUF Q4_0 where widths allow).",
+    )
     sym: Annotated[bool | None, flag("--sym/--asym")] = Field(
         None, description="Symmetric grid or one with a zero point (default: GPTQ/RTN sym, AWQ asym)."
     )
