@@ -66,7 +66,8 @@ def inspect_view(info: dict[str, Any]) -> Group:
         ("parameters", f"{format_count(info['parameters'])} ({info['parameters']:,})"),
         (
             "weights",
-            f"{format_bytes(info['weight_bytes'])} in {len(info['weight_files'])} safetensors file(s)",
+            f"{format_bytes(info['weight_bytes'])} in {len(info['weight_files'])} "
+            f"{'GGUF' if info['model_type'] == 'gguf' else 'safetensors'} file(s)",
         ),
         ("bits per weight", f"{info['bits_per_weight']}"),
         ("disk", format_bytes(info["disk_bytes"])),

@@ -135,6 +135,9 @@ def test_gptq_to_q4_0_carries_our_integers_exactly(llama_cpp, run_cli, tiny_mode
     manifest = read_manifest(gguf.parent)
     assert manifest.extra["lossless_tensors"] == len(ours) == 14
     assert manifest.lineage.parent["method"] == "gptq"
+    code, out, _ = run_cli("--json", "inspect", gguf.parent)  # sizes read from the file's header
+    info = json.loads(out)
+    assert code == 0 and info["model_type"] == "gguf" and info["parameters_by_dtype"]["Q4_0"] > 0
 
 
 def test_a_grid_that_no_block_type_holds_is_refused(llama_cpp, run_cli, tiny_model_dir, tmp_path):
