@@ -1,11 +1,12 @@
 """llama.cpp's own quantizations beside our GPTQ carried into GGUF, all scored by one harness.
 
 For each model: llama.cpp Q8_0, Q4_0 and Q4_K_M (`export gguf` from the float model: llama.cpp's
-quantizer and its per-tensor policy, as `llama-quantize` gives them); our GPTQ 4-bit (symmetric,
-groups of 32) exported as Q4_0 without rounding again; and that same GPTQ artifact in our torch
-runtime. Every candidate is scored by `compress eval` against the float32 model on the same
-held-out token ids (KLD, same top-1, perplexity, size, decode speed at batch 1 with the thread
-count recorded, each timed beside the baseline). Prints a markdown table (the README's).
+quantizer and its per-tensor policy, as `llama-quantize` gives them), Q4_0 and Q4_K_M again with an
+importance matrix from GPTQ's calibration text (`--calib`, as `llama-quantize --imatrix`); our GPTQ
+4-bit (symmetric, groups of 32) exported as Q4_0 without rounding again; and that same GPTQ
+artifact in our torch runtime. Every candidate is scored by `compress eval` against the float32
+model on the same held-out token ids (KLD, same top-1, perplexity, size, decode speed at batch 1
+with the thread count recorded, each timed beside the baseline). Prints a markdown table.
 
     python bench/export_gguf.py --model demo|stories260K|smollm2 [--threads 1] [--calib-samples 128]
 
@@ -34,10 +35,14 @@ from compress.render import format_bytes
 def _candidates(model: str, calib: str, work: Path, samples: int) -> dict[str, tuple[Path, float]]:
     """Every artifact to score, with the seconds it took to make."""
     made: dict[str, tuple[Path, float]] = {}
-    for file_type in ("q8_0", "q4_0", "q4_k_m"):
-        name = f"llama.cpp {file_type.upper()}"
+    imatrix = {"calib": calib, "calib_samples": samples, "seq_len": 256}  # GPTQ's calibration
+    for file_type, options in (
+        ("q8_0", {}), ("q4_0", {}), ("q4_0", imatrix), ("q4_k_m", {}), ("q4_k_m", imatrix),
+    ):  # fmt: skip
+        name = f"llama.cpp {file_type.upper()}" + (" + imatrix" if options else "")
         start = time.perf_counter()
-        made[name] = (export_gguf(model, work / file_type, type=file_type), time.perf_counter() - start)
+        out = work / f"{file_type}{'-imatrix' if options else ''}"
+        made[name] = (export_gguf(model, out, type=file_type, **options), time.perf_counter() - start)
     start = time.perf_counter()
     gptq = compress.quantize(
         model, work / "gptq", method="gptq", bits=4, group_size=32, group_fallback=True, sym=True,

@@ -76,14 +76,23 @@ def available() -> bool:
     return True
 
 
-def quantize_file(source: Path, target: Path, file_type: str, threads: int) -> None:
+def quantize_file(
+    source: Path, target: Path, file_type: str, threads: int, imatrix: dict[str, torch.Tensor] | None = None
+) -> None:
     """llama-quantize `source` into `target` as `file_type`. Tensors already of the type a tensor is
-    given (our lossless blocks) are copied; requantizing any other quantized tensor is refused."""
+    given (our lossless blocks) are copied; requantizing any other quantized tensor is refused.
+    `imatrix` (GGUF tensor name → mean x² per input column) weights the rounding, as llama-quantize's
+    `--imatrix` does."""
+    from compress.export.imatrix import ImatrixTable
+
     llama_cpp = binding()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{FILE_TYPES[file_type]}")
     params.nthread = threads
     params.allow_requantize = False
+    table = ImatrixTable(llama_cpp.llama_model_imatrix_data, imatrix) if imatrix else None
+    if table is not None:
+        params.imatrix = ctypes.cast(table.entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0:
         raise CompressError(

@@ -221,3 +221,34 @@ def test_widths_no_block_divides_follow_llama_cpps_own_fallback(llama_cpp, run_c
     manifest = read_manifest(gguf.parent)
     assert manifest.extra["lossless_tensors"] == 30
     assert manifest.extra["tensor_types"]["F16"] == 5 and manifest.extra["tensor_types"]["Q4_0"] == 30
+
+
+def test_an_importance_matrix_from_our_calibration_improves_llama_cpps_k_quants(llama_cpp, run_cli, tmp_path):
+    """`--calib` gives llama.cpp's quantizer the mean x² of every block linear's inputs (what its
+    imatrix tool records): stories260K's Q4_K_M KLD drops 18% here (0.0149 → 0.0121)."""
+    lines = TINYSTORIES_TEXT.read_text().splitlines()
+    calib, heldout = tmp_path / "calib.txt", tmp_path / "heldout.txt"
+    calib.write_text("\n".join(lines[len(lines) // 2 :]))
+    heldout.write_text("\n".join(lines[: len(lines) // 2]))
+    plain = _export(run_cli, STORIES_MODEL, tmp_path / "plain", "--type", "q4_k_m")
+    weighted = _export(
+        run_cli,
+        STORIES_MODEL,
+        tmp_path / "imatrix",
+        "--type",
+        "q4_k_m",
+        "--calib",
+        calib,
+        "--calib-samples",
+        "32",
+    )
+    manifest = read_manifest(weighted.parent)
+    assert manifest.extra["importance_matrix"] and manifest.calibration["sha256"]
+    report = tmp_path / "report.json"
+    code, _, err = run_cli(
+        "eval", plain.parent, weighted.parent, "--baseline", STORIES_MODEL, "--suite", "quick",
+        "--data", heldout, "--seq-len", "256", "--max-tokens", "8192", "--metrics", "kld", "--json", report,
+    )  # fmt: skip
+    assert code == 0, err
+    without, with_imatrix = (r["metrics"]["kld"]["mean"] for r in json.loads(report.read_text())["results"])
+    assert with_imatrix < 0.95 * without

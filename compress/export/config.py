@@ -28,6 +28,16 @@ class ExportConfig(BaseModel):
         "q8_0",
         description="GGUF tensor type: " + ", ".join(GGUF_TYPES) + ".",
     )
+    calib: str | None = Field(
+        None,
+        description="Calibration text (any data source): an importance matrix for llama.cpp's quantizer "
+        "(as llama-quantize --imatrix), when it quantizes a float model.",
+    )
+    calib_samples: int | None = Field(
+        None, ge=1, description="Calibration windows (default: 128, or as many as a shorter text holds)."
+    )
+    seq_len: int = Field(512, ge=16, description="Calibration window length (llama.cpp's imatrix uses 512).")
+    seed: int = Field(0, description="Calibration sampling seed.")
     threads: int | None = Field(
         None, ge=1, description="Threads for llama.cpp's quantizer (default: torch's thread count)."
     )

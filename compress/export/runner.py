@@ -25,6 +25,9 @@ from compress.staging import staged_directory
 from compress.telemetry import PhaseTimer
 
 FORMAT = "gguf"
+#: Calibration windows for an importance matrix when none are asked for (llama.cpp's own examples
+#: use about a hundred chunks of 512 tokens).
+DEFAULT_IMATRIX_SAMPLES = 128
 _PACKED_FORMATS = ("gptq-packed", "awq-gemm", "transformers-gptq", "transformers-awq")
 
 
@@ -63,6 +66,30 @@ def _lossless_type(config: ExportConfig, packed: bool) -> str | None:
     return LOSSLESS_TYPES[config.type]
 
 
+def _importance_matrix(
+    model: torch.nn.Module, source: ModelSource, config: ExportConfig
+) -> tuple[dict[str, torch.Tensor], Any]:
+    """Mean x² per input column of every block linear over the calibration windows, by GGUF name."""
+    from compress.data import sample_windows
+    from compress.export.imatrix import importance_matrix
+    from compress.export.writer import gguf_names
+    from compress.modeling import load_tokenizer
+
+    limit = getattr(model.config, "max_position_embeddings", None) or config.seq_len
+    samples = config.calib_samples or DEFAULT_IMATRIX_SAMPLES
+    windows = sample_windows(
+        load_tokenizer(source),
+        config.calib,
+        samples,
+        min(config.seq_len, limit),
+        config.seed,
+        at_most=config.calib_samples is None,
+    )
+    name_of = gguf_names(model.config)
+    values = importance_matrix(model, windows.input_ids)
+    return {name_of(name): value for name, value in values.items()}, windows
+
+
 def _tensor_types(path: Path) -> dict[str, int]:
     from gguf import GGUFReader
 
@@ -99,6 +126,10 @@ def export_gguf(
         loaded, packed = _load(source, trust_remote_code)
         lossless = _lossless_type(config, packed)
         vocab = read_vocab(source.path, loaded.config.vocab_size)
+    imatrix, windows = None, None
+    if quantized and config.calib and not packed:  # only llama.cpp's own rounding reads it
+        with timer.phase("importance matrix"):
+            imatrix, windows = _importance_matrix(loaded, source, config)
     name = out_path.name
     with staged_directory(out_path, force) as staging:
         gguf_file = staging / f"{name}.gguf"
@@ -112,6 +143,8 @@ def export_gguf(
             format=FORMAT,
             phases=timer.as_dicts(),
             device=torch.device("cpu"),
+            calibration=windows.fingerprint.as_dict() if windows is not None else None,
+            seed=config.seed if windows is not None else None,
         )
         stage = staging / ".stage.gguf" if quantized else gguf_file
         with timer.phase("write gguf"):
@@ -127,7 +160,7 @@ def export_gguf(
             )
         if quantized:
             with timer.phase("llama.cpp quantize"):
-                llamacpp.quantize_file(stage, gguf_file, config.type, threads)
+                llamacpp.quantize_file(stage, gguf_file, config.type, threads, imatrix)
             stage.unlink()
         manifest.phases = timer.as_dicts()
         manifest.extra = {
@@ -135,6 +168,7 @@ def export_gguf(
             "tensor_types": _tensor_types(gguf_file),
             "lossless_tensors": sum(plan.exact for plan in plans),
             "llama_cpp_quantizer": quantized,
+            "importance_matrix": imatrix is not None,
         }
         parameters = weight_statistics(source.path)["parameters"] or count_parameters(loaded)
         publish(staging, manifest, loaded, parameters, dtype=torch.float32)

@@ -7,7 +7,7 @@ in `compress.cli` from this same declaration with `format` fixed.
 from __future__ import annotations
 
 from compress.export.config import ExportConfig
-from compress.technique import Technique, library_runner, register
+from compress.technique import Technique, calibration_defaults, library_runner, register
 
 EXPORT = register(
     Technique(
@@ -16,10 +16,11 @@ EXPORT = register(
         run=library_runner("compress.export.runner:export_gguf"),
         summary=lambda config: f"export {config.format} {config.type}",
         help="Write a GGUF file for llama.cpp (lossless from a matching GPTQ/AWQ/RTN grid).",
+        recipe_data=calibration_defaults,
         command=False,
         epilog=(
             "Examples:\n\n"
-            "  compress export gguf ./my-model --type q4_k_m\n\n"
+            "  compress export gguf ./my-model --type q4_k_m --calib data.txt\n\n"
             "  compress quantize ./my-model -m gptq --bits 4 --sym --group-size 32 --out out/gptq\n\n"
             "  compress export gguf out/gptq --type q4_0 --out out/gptq-q4_0"
         ),

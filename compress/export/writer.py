@@ -15,7 +15,7 @@ and a model with tied embeddings has no `output.weight` (llama.cpp reuses `token
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,21 @@ def _rope_theta(config: Any) -> float:
 
 def _head_dim(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def gguf_names(config: Any) -> Callable[[str], str]:
+    """The GGUF tensor name of each state-dict name of this model (one-line error for an unknown one)."""
+    import gguf
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+
+    def name_of(hf_name: str) -> str:
+        found = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if found is None:
+            raise CompressError(f"GGUF export does not know where the tensor '{hf_name}' goes")
+        return found
+
+    return name_of
 
 
 def _write_metadata(writer: Any, config: Any, name: str, file_type: int) -> None:
@@ -195,7 +210,7 @@ def write_gguf(
 
     config = model.config
     check_architecture(config)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    name_of = gguf_names(config)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     _write_metadata(writer, config, name, file_type)
     _write_vocab(writer, vocab)
@@ -203,9 +218,7 @@ def write_gguf(
         writer.add_string(MANIFEST_KEY, json.dumps(manifest, sort_keys=True))
     plans = []
     for hf_name, value in _weights(model):
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise CompressError(f"GGUF export does not know where the tensor '{hf_name}' goes")
+        gguf_name = name_of(hf_name)
         array, ggml_type, exact = _tensor_bytes(hf_name, value, config, float_type, lossless)
         raw = gguf.GGMLQuantizationType[ggml_type]
         writer.add_tensor(gguf_name, array, raw_dtype=raw if ggml_type not in ("F32", "F16") else None)
