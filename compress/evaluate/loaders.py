@@ -27,6 +27,8 @@ def register_loader(format_name: str, loader: Loader) -> None:
 
 #: A GGUF file (from `export gguf`, or any llama.cpp model): scored by llama.cpp when it is built.
 GGUF_FORMAT = "gguf"
+#: Our packed GPTQ/AWQ layouts, written by us or by other tools (`quantization_config`).
+PACKED_FORMATS = ("gptq-packed", "awq-gemm", "transformers-gptq", "transformers-awq")
 
 
 def artifact_format(source: ModelSource) -> str:
@@ -93,7 +95,7 @@ def _load_gguf(source: ModelSource, device: str, dtype: str) -> nn.Module:
 
 register_loader(DENSE_FORMAT, _load_dense)
 register_loader(GGUF_FORMAT, _load_gguf)
-for _packed_format in ("gptq-packed", "awq-gemm", "transformers-gptq", "transformers-awq"):
+for _packed_format in PACKED_FORMATS:
     register_loader(_packed_format, _load_packed)
 for _bnb_format in ("bnb-int8", "bnb-4bit", "transformers-bitsandbytes"):
     register_loader(_bnb_format, _load_bnb)

@@ -13,7 +13,8 @@ GGUF_TYPES = (
 )  # fmt: skip
 #: Types a packed artifact's grid can be written in without rounding again (see export.blocks).
 LOSSLESS_TYPES = {"q4_0": "Q4_0", "q8_0": "Q8_0"}
-FLOAT_TYPES = ("f32", "f16", "bf16")
+#: Types written as floats by us (the GGML type of each); the others come from llama.cpp's quantizer.
+FLOAT_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 
 
 class ExportConfig(BaseModel):

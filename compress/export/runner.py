@@ -14,10 +14,16 @@ from typing import Any
 
 import torch
 
-from compress.artifact import api_call, check_output_path, new_manifest, publish, weight_statistics
+from compress.artifact import (
+    DENSE_FORMAT,
+    api_call,
+    check_output_path,
+    new_manifest,
+    publish,
+    weight_statistics,
+)
 from compress.errors import CompressError
 from compress.export.config import FLOAT_TYPES, LOSSLESS_TYPES, ExportConfig
-from compress.export.writer import FLOAT_TYPES as GGML_FLOATS
 from compress.export.writer import check_architecture, write_gguf
 from compress.modeling import ModelSource, count_parameters, load_config, load_model, resolve_model
 from compress.options import parse_options
@@ -28,7 +34,6 @@ FORMAT = "gguf"
 #: Calibration windows for an importance matrix when none are asked for (llama.cpp's own examples
 #: use about a hundred chunks of 512 tokens).
 DEFAULT_IMATRIX_SAMPLES = 128
-_PACKED_FORMATS = ("gptq-packed", "awq-gemm", "transformers-gptq", "transformers-awq")
 
 
 def default_output(source: ModelSource, file_type: str) -> Path:
@@ -40,15 +45,15 @@ def default_output(source: ModelSource, file_type: str) -> Path:
 def _load(source: ModelSource, trust_remote_code: bool) -> tuple[torch.nn.Module, bool]:
     """The model in float32 (packed layers stay packed, so their integers can go over as they are),
     and whether it has packed layers."""
-    from compress.evaluate.loaders import artifact_format
+    from compress.evaluate.loaders import PACKED_FORMATS, artifact_format
 
     check_architecture(load_config(source, trust_remote_code))
     kind = artifact_format(source)
-    if kind in _PACKED_FORMATS:
+    if kind in PACKED_FORMATS:
         from compress.quantize.packed import load_packed
 
         return load_packed(source, "cpu", "float32"), True
-    if kind != "dense-safetensors":
+    if kind != DENSE_FORMAT:
         raise CompressError(f"GGUF export reads dense models and GPTQ/AWQ/RTN artifacts, not '{kind}' ones")
     return load_model(source, dtype=torch.float32, device="cpu", trust_remote_code=trust_remote_code), False
 
@@ -133,7 +138,7 @@ def export_gguf(
     name = out_path.name
     with staged_directory(out_path, force) as staging:
         gguf_file = staging / f"{name}.gguf"
-        float_type = GGML_FLOATS.get(config.type, "F32")
+        float_type = FLOAT_TYPES.get(config.type, "F32")
         manifest = new_manifest(
             method=f"gguf-{config.type}",
             config=config,

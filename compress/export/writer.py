@@ -30,8 +30,6 @@ from compress.export.vocab import GGUFVocab
 
 #: Architectures llama.cpp runs as `llama` whose tensors this writer knows.
 SUPPORTED_MODEL_TYPES = ("llama",)
-#: Types written by this module directly (floats); the rest go through llama.cpp's quantizer.
-FLOAT_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16"}
 _NUMPY_FLOATS = {"F32": np.float32, "F16": np.float16}
 #: Where the manifest travels inside the file, so a copied .gguf still says how it was made.
 MANIFEST_KEY = "compress.manifest"
