@@ -24,7 +24,10 @@ from torch import nn
 
 from compress.errors import CompressError
 
-HOW_TO_GET = "build it once with `make llama-cpp` (llama-cpp-python from source with VM-safe flags)"
+HOW_TO_GET = (
+    "build it once with `make llama-cpp` (llama-cpp-python from source with VM-safe flags), "
+    "or pip install 'compress[llama]' on an ordinary machine"
+)
 #: `--type` names for llama.cpp's file types (`llama_ftype`), as llama-quantize spells them.
 FILE_TYPES = {
     "f32": "ALL_F32",

@@ -29,6 +29,7 @@ if ! compgen -G "$dest/llama_cpp_python-*.whl" >/dev/null; then
   echo "building llama-cpp-python $VERSION ($key): about 5 minutes on 2 cores, cached afterwards" >&2
   echo "  CMAKE_ARGS=$flags" >&2
   tmp="$(mktemp -d "$CACHE/build.XXXXXX")"
+  trap 'rm -rf "$tmp"' EXIT  # a failed or interrupted build leaves nothing half-made in the cache
   CMAKE_ARGS="$flags" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
     "$PYTHON" -m pip wheel --quiet --no-deps --no-cache-dir "$sdist" -w "$tmp"
   printf '%s\n' "$flags" >"$tmp/CMAKE_ARGS"
