@@ -154,7 +154,11 @@ class LlamaCppCausalLM(nn.Module):
         weakref.finalize(self, self.llm.close)
 
     def _decode(self, tokens: list[int]) -> np.ndarray:
-        """Append `tokens` to the sequence; the logits of each, [len(tokens), vocab]."""
+        """Append `tokens` to the sequence; the logits of each, [len(tokens), vocab].
+
+        Uses the binding's batch and context objects (`_batch`, `_ctx`; version pinned in
+        tools/build_llama_cpp.sh): `Llama.eval` keeps logits only through an n_ctx × vocab buffer
+        when `logits_all` is set (1.6 GB for SmolLM2 at 8k positions), this copies each chunk's."""
         if self.llm.n_tokens + len(tokens) > self.n_ctx:
             raise CompressError(f"llama.cpp context holds {self.n_ctx} positions; asked for more")
         parts = []
