@@ -14,7 +14,7 @@ by compress's own loader and scored by KLD against the float32 model on held-out
 of wall times is the figure (goal: compress at most half of gptqmodel's time at equal or lower KLD).
 
     python bench/quantize.py [--samples 32 --seq-len 256 --layers 12] [--models gpt2,demo,smollm2]
-                             [--streaming synthetic|smollm2|none]
+                             [--streaming synthetic|smollm2|none] [--streaming-runs 3]
 
 `smollm2` is the real SmolLM2-135M (`compress.realmodel`); its per-method costs and quality are in
 `bench/quality_table.py --model smollm2`, so here it joins the gptqmodel comparison only.
@@ -26,6 +26,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -153,7 +154,12 @@ def model_sizes(path: Path) -> dict:
 
 
 def bench_streaming(
-    root: Path, sample_counts: list[int], seq_len: int, model: Path | None = None, layers: int = 8
+    root: Path,
+    sample_counts: list[int],
+    seq_len: int,
+    model: Path | None = None,
+    layers: int = 8,
+    runs: int = 3,
 ) -> None:
     """GPTQ on a model ≥4× `--max-memory`, streamed, beside the same run with the model in memory,
     at each calibration size in `sample_counts`.
@@ -167,7 +173,8 @@ def bench_streaming(
     (GPTQ's Hessian work on the widest layer, the packed shard being filled) do not grow with the
     calibration while the floor does: a small calibration shows them at their largest relative size.
     `model` None: a synthetic Llama whose blocks dominate its size; else that model (e.g. SmolLM2,
-    whose embedding is a fifth of it).
+    whose embedding is a fifth of it). Each case runs `runs` times, one after the other: glibc's
+    heaps move the same run by tens of MB, so the table gives the median and the range.
     """
     if model is None:
         model = root / "streaming"
@@ -179,7 +186,7 @@ def bench_streaming(
     budget = f"{int(sizes['total_mb'] / 4)}MB"
     print(
         f"\nstreaming: {label}, float32 weights {sizes['total_mb']:.0f} MB, "
-        f"one block {sizes['block_mb']:.1f} MB, --max-memory {budget}\n"
+        f"one block {sizes['block_mb']:.1f} MB, --max-memory {budget}, {runs} runs each (median, range)\n"
     )
     print(
         "| calibration | run | wall s | floor MB (block + activations) | resident growth MB | / floor "
@@ -194,17 +201,30 @@ def bench_streaming(
         floor = sizes["block_mb"] + activations
         for run_label, options in (("in memory", {}), (f"--max-memory {budget}", {"max_memory": budget})):
             out = root / f"streaming-{samples}-{'stream' if options else 'memory'}"
-            figures = run(model, out, "gptq", 4, samples, seq_len, calib, **options)
             row = f"| {samples} × {seq_len} | {run_label}"
-            if "error" in figures:
-                print(f"{row} | failed: {figures['error']} | | | | | |")
+            options = {**options, "force": True}  # the same directory each repeat
+            repeats = [run(model, out, "gptq", 4, samples, seq_len, calib, **options) for _ in range(runs)]
+            if failed := next((figures for figures in repeats if "error" in figures), None):
+                print(f"{row} | failed: {failed['error']} | | | | | |")
                 continue
-            growth = (figures["peak_rss_mib"] - figures["base_rss_mib"]) * 1.048576
-            engine = figures["quantize_growth_mib"] * 1.048576
+            wall = statistics.median(figures["wall_s"] for figures in repeats)
+            growth = [(f["peak_rss_mib"] - f["base_rss_mib"]) * 1.048576 for f in repeats]
+            engine = [f["quantize_growth_mib"] * 1.048576 for f in repeats]
             print(
-                f"{row} | {figures['wall_s']:.1f} | {floor:.1f} | {growth:.0f} | {growth / floor:.2f} "
-                f"| {engine:.0f} | {engine / floor:.2f} |"
+                f"{row} | {wall:.1f} | {floor:.1f} | {_spread(growth)} | {_spread(growth, floor)} "
+                f"| {_spread(engine)} | {_spread(engine, floor)} |"
             )
+
+
+def _spread(values: list[float], per: float | None = None) -> str:
+    """Median and range of several runs' figures (MB, or ratios to `per` when given)."""
+    if per is not None:
+        return "{:.2f} ({:.2f}–{:.2f})".format(*(v / per for v in _median_range(values)))
+    return "{:.0f} ({:.0f}–{:.0f})".format(*_median_range(values))
+
+
+def _median_range(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
 
 
 def run(
@@ -356,6 +376,7 @@ def main() -> None:
         help="comma-separated calibration window counts for the --max-memory run, each within the budget "
         "(default: 16,64 on SmolLM2, 16 on the synthetic model)",
     )
+    parser.add_argument("--streaming-runs", type=int, default=3, help="runs per streaming case")
     args = parser.parse_args()
     from compress.demo import demo_model
 
@@ -390,11 +411,11 @@ def main() -> None:
         counts = args.streaming_samples or ("16,64" if args.streaming == "smollm2" else "16")
         sample_counts = [int(count) for count in counts.split(",")]
         if args.streaming == "synthetic":
-            bench_streaming(root, sample_counts, args.seq_len)
+            bench_streaming(root, sample_counts, args.seq_len, runs=args.streaming_runs)
         elif args.streaming == "smollm2":
             from compress.realmodel import smollm2_dir
 
-            bench_streaming(root, sample_counts, args.seq_len, smollm2_dir())
+            bench_streaming(root, sample_counts, args.seq_len, smollm2_dir(), runs=args.streaming_runs)
 
 
 if __name__ == "__main__":

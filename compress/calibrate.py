@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from compress import console
+from compress.memory import release_forward_heap
 from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
 
 #: Tokens per calibration forward. A forward's transient activations (the MLP's wide intermediates,
@@ -70,7 +71,10 @@ def capture_block_inputs(
     def hook(module, args, kwargs):
         hidden = args[0] if args else kwargs.pop("hidden_states")
         captured.hidden.append(hidden)
-        captured.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        previous = captured.kwargs[-1] if captured.kwargs else {}
+        captured.kwargs.append(
+            {k: _reuse_if_equal(v, previous.get(k)) for k, v in kwargs.items() if k != "hidden_states"}
+        )
         raise _StopForward
 
     handle = layout.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
@@ -84,6 +88,25 @@ def capture_block_inputs(
     return captured
 
 
+def _reuse_if_equal(value: Any, previous: Any) -> Any:
+    """`previous` where it holds the same tensors as `value` (also inside tuples), else `value`.
+
+    Every batch gets the same rotary tables (cos and sin per position): kept once, not per batch.
+    On SmolLM2 at the default 128 × 2048 calibration they were 134 MB beside 604 MB of inputs."""
+    if isinstance(value, torch.Tensor):
+        same = (
+            isinstance(previous, torch.Tensor)
+            and value.shape == previous.shape
+            and value.dtype == previous.dtype
+            and value.device == previous.device
+            and torch.equal(value, previous)
+        )
+        return previous if same else value
+    if isinstance(value, tuple) and isinstance(previous, tuple) and len(value) == len(previous):
+        return tuple(_reuse_if_equal(v, p) for v, p in zip(value, previous, strict=True))
+    return value
+
+
 def _block_output(output: Any) -> torch.Tensor:
     """Decoder blocks return a tensor or a tuple whose first item is the hidden states."""
     return output[0] if isinstance(output, tuple) else output
@@ -91,11 +114,13 @@ def _block_output(output: Any) -> torch.Tensor:
 
 @torch.inference_mode()
 def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
+    """The block's outputs for every batch; when streaming, each forward's freed heap goes back at once."""
+    outputs = []
     with inputs.autocast():
-        return [
-            _block_output(block(hidden, **kwargs)).to(hidden.dtype)
-            for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True)
-        ]
+        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
+            outputs.append(_block_output(block(hidden, **kwargs)).to(hidden.dtype))
+            release_forward_heap()
+    return outputs
 
 
 @contextmanager

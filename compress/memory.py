@@ -14,6 +14,8 @@ from contextlib import suppress
 #: glibc's `mallopt` parameter for the size from which allocations get their own mapping.
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
+#: Set once the process has chosen memory over speed (streaming): see `release_forward_heap`.
+_memory_first = False
 
 
 def prefer_mmap_for_large_allocations() -> None:
@@ -22,8 +24,11 @@ def prefer_mmap_for_large_allocations() -> None:
     glibc raises this threshold each time a large block is freed (up to 32 MiB), after which
     tensors of a block's size come from the heap and their pages stay resident after they are
     freed: a block's transient peak then becomes the floor of the next. A fixed threshold turns that
-    off. Streaming is for when memory is the constraint, so it pays the page faults.
+    off. Streaming is for when memory is the constraint, so it pays the page faults, and the
+    process keeps choosing memory over speed from then on (`release_forward_heap`).
     """
+    global _memory_first
+    _memory_first = True
     with suppress(OSError, AttributeError):  # not glibc: its allocator decides
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
 
@@ -33,3 +38,12 @@ def return_freed_memory() -> None:
     the same floor instead of the high-water mark of the block before."""
     with suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def release_forward_heap() -> None:
+    """After each calibration forward, when the process chose memory over speed: hand back the heap
+    the forward freed. glibc kept it otherwise; on SmolLM2 (64 × 256 tokens) one pass over a block
+    grew the heap by 85 MB beside its 38 MB of outputs. It costs ×1.07 the wall time of a GPTQ run,
+    so an in-memory run skips it."""
+    if _memory_first:
+        return_freed_memory()

@@ -52,7 +52,11 @@ class StreamedModel:
 
         The input embedding gets only the rows of the ids in `input_ids` (read a chunk at a time),
         and the ids are renumbered into that table: the same hidden states for a fraction of the
-        memory. The output embedding is not loaded (with tied weights it is the same tensor)."""
+        memory. The output embedding is not loaded (with tied weights it is the same tensor).
+
+        Streaming starts here, so the heap freed by what came before (the tokenizer and the text it
+        read: 40 MB for SmolLM2's, kept by glibc) goes back to the OS first."""
+        return_freed_memory()
         used, renumbered = torch.unique(input_ids, return_inverse=True)
         embedding = self.model.get_input_embeddings()
         embedding_name = _parameter_name(self.model, embedding)

@@ -49,8 +49,8 @@ def test_gptq_with_an_identity_hessian_is_round_to_nearest(bits, group):
 
 @pytest.mark.parametrize("width", [64, 172, 300])
 def test_inverse_factor_is_the_upper_cholesky_factor_of_the_damped_inverse(width):
-    """The slab-wise, in-place factorization gives what the direct sequence gives: upper U
-    with UᵀU = (H[order][:, order] + damping)⁻¹, and it consumes the statistics."""
+    """The slab-wise, in-place float32 factorization gives what the direct sequence gives in float64:
+    upper U with UᵀU = (H[order][:, order] + damping)⁻¹, and it consumes the statistics."""
     torch.manual_seed(width)
     inputs = torch.randn(4 * width, width) @ torch.randn(width, width)
     gptq = GPTQ(width)
@@ -65,8 +65,10 @@ def test_inverse_factor_is_the_upper_cholesky_factor_of_the_damped_inverse(width
     lower = torch.linalg.cholesky(permuted.flip(0, 1))
     identity = torch.eye(width, dtype=torch.float64)
     expected = torch.linalg.solve_triangular(lower, identity, upper=False).flip(0, 1).float()
-    # Equal to the last bit on one thread; BLAS may block the two solves differently on several.
-    assert torch.allclose(factor, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    # Float32 rounding grows with the condition number (~500 here): measured within 4e-6 of the
+    # largest entry, against float32's 6e-8 per operation.
+    assert factor.dtype == torch.float32
+    assert torch.allclose(factor, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     assert torch.equal(factor, factor.triu())
     assert gptq.hessian is None
 
@@ -102,9 +104,11 @@ def test_a_singular_hessian_raises_the_damping_until_it_factorizes():
     inputs = torch.cat([base, base, torch.zeros(256, 1)], dim=1)  # rank 8 of 17
     gptq = GPTQ(17)
     gptq.add_batch(inputs)
-    gptq.hessian[:16, :16] *= 1e12  # so large that the default damping cannot lift the zero eigenvalues
-    qw, stats = gptq.quantize(torch.randn(4, 17, generator=generator), 4, -1, sym=True, damp_percent=1e-20)
-    assert stats["damp_percent"] > 1e-20
+    # So large that float32 rounding (~1e12 × 6e-8) swamps a damping of 1e-9 of the mean diagonal:
+    # the factorization fails three times before 1e-6 lifts the zero eigenvalues.
+    gptq.hessian[:16, :16] *= 1e12
+    qw, stats = gptq.quantize(torch.randn(4, 17, generator=generator), 4, -1, sym=True, damp_percent=1e-9)
+    assert stats["damp_percent"] > 1e-9
     assert torch.all(qw.dequantize()[:, 16] == 0)
 
 

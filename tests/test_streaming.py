@@ -139,3 +139,16 @@ def test_stage_probe_runs_once_per_kind_of_block(tiny_model_dir, monkeypatch):
     calibrate.calibrate_sequentially(model, layout, torch.randint(0, 100, (2, 16)), transform)
     assert len(probes) == 1 and len(seen) == len(layout.blocks) > 1
     assert [len(stage) for stage in seen[0]] == [3, 1, 2, 1]  # q/k/v, o, gate/up, down
+
+
+def test_calibration_batches_share_one_copy_of_equal_block_arguments(tiny_model_dir):
+    """The rotary tables every batch receives are kept once (at the default calibration on SmolLM2
+    they were 134 MB as per-batch copies), while each batch keeps its own hidden states."""
+    from compress.calibrate import capture_block_inputs
+    from compress.modeling import discover_layout, load_model
+
+    model = load_model(resolve_model(tiny_model_dir("llama")), "float32", "cpu")
+    inputs = capture_block_inputs(model, discover_layout(model), torch.randint(0, 100, (5, 16)), 2)
+    first, last = inputs.kwargs[0]["position_embeddings"], inputs.kwargs[-1]["position_embeddings"]
+    assert len(inputs.hidden) == 3 and all(a is b for a, b in zip(first, last, strict=True))
+    assert inputs.hidden[0].data_ptr() != inputs.hidden[1].data_ptr()

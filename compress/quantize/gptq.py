@@ -20,19 +20,18 @@ LAZY_BLOCK = 128
 MAX_DAMP_TRIES = 6
 #: Rows of calibration inputs widened to float32 at a time when folded into the Hessian.
 ADD_BATCH_ROWS = 512
-#: Columns of R⁻¹ solved at a time (a slab of in × 128 float64).
+#: Columns of R⁻¹ solved at a time (a slab of in × 128).
 INVERSE_SLAB = 128
 
 
 def _reversed_inverse(factor: torch.Tensor) -> torch.Tensor:
-    """J·R⁻¹·J in float32 for a lower-triangular float64 `factor` R (J reverses the order).
+    """J·R⁻¹·J for a lower-triangular `factor` R (J reverses the order), in R's dtype.
 
     R⁻¹ is solved a slab of columns at a time against the whole of R (a sub-square of R would be
-    copied for LAPACK), each slab landing flipped in the float32 result: R⁻¹ is never whole in
-    float64.
+    copied for LAPACK), each slab landing flipped in the result: R⁻¹ is never whole twice.
     """
     size = factor.shape[0]
-    result = torch.zeros(size, size, dtype=torch.float32, device=factor.device)
+    result = torch.zeros_like(factor, memory_format=torch.contiguous_format)
     for start in range(0, size, INVERSE_SLAB):
         end = min(start + INVERSE_SLAB, size)
         slab = torch.zeros(size, end - start, dtype=factor.dtype, device=factor.device)
@@ -60,7 +59,7 @@ class GPTQ:
     """One layer's Hessian statistics and its GPTQ transformation."""
 
     def __init__(self, in_features: int) -> None:
-        # float32 accumulation (as the reference implementation); the factorization runs in float64.
+        # float32 accumulation and factorization, as the reference implementation.
         self.hessian: torch.Tensor | None = torch.zeros(in_features, in_features, dtype=torch.float32)
         self.samples = 0
 
@@ -83,23 +82,23 @@ class GPTQ:
 
         With J the order-reversing permutation and J·H·J = R·Rᵀ (R lower), U = J·R⁻¹·J: one
         factorization and one triangular solve, instead of factorizing H, inverting it and
-        factorizing the inverse (same factor to 1e-15, a third less time and memory). For a wide
-        layer (an MLP down projection) these in×in matrices are the largest allocations of a whole
-        streamed run, so at most two exist at once: the permutation is taken in float32 before
-        widening, R overwrites its input, and R⁻¹ is solved a slab of columns at a time straight
-        into the float32 result (in×in float64, float32 and one slab at the peak, where the
-        straightforward sequence held five in×in float64 matrices).
+        factorizing the inverse (a third less time and memory). Float32 throughout, as the
+        reference implementation and gptqmodel: a float64 factor of a wide layer (19 MB for an
+        MLP down projection 1536 wide) was the largest allocation of a streamed run and fragmented
+        the heap beyond its own size, for no measurable gain in quality (docs/decisions.md). At
+        most two in×in matrices exist at once: the permuted Hessian and the factor while it
+        factorizes (the permuted copy is what a retry with more damping starts from), then the
+        factor and the result, R⁻¹ solved a slab of columns at a time straight into the result.
         """
         reverse = order.flip(0)
         reversed_hessian = self.hessian[reverse[:, None], reverse]
         self.hessian = None
-        diagonal = reversed_hessian.diagonal().to(torch.float64)
-        mean_diagonal = torch.mean(diagonal.flip(0)).item()
+        mean_diagonal = torch.mean(reversed_hessian.diagonal().to(torch.float64)).item()
         damp = damp_percent
         for _ in range(MAX_DAMP_TRIES):
             # Symmetric, so its transpose is itself, laid out column-major: LAPACK factorizes that
             # in place, where a row-major matrix would first be copied.
-            factor = reversed_hessian.to(torch.float64).mT
+            factor = reversed_hessian.mT.clone(memory_format=torch.preserve_format)
             factor.diagonal().add_(damp * mean_diagonal)
             _, info = torch.linalg.cholesky_ex(factor, out=(factor, torch.empty((), dtype=torch.int32)))
             if info.item() == 0:
