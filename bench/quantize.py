@@ -317,6 +317,8 @@ def _log_probs(model, ids):
 
 def compare_gptqmodel(models: dict[str, Path], root: Path, samples: int, seq_len: int) -> None:
     """compress GPTQ beside gptqmodel GPTQ: same model, windows and settings; time, memory, KLD."""
+    if not models:
+        return
     if importlib.util.find_spec("gptqmodel") is None:
         print("\ngptqmodel comparison skipped: it needs the `interop` extra (pip install '.[interop]')")
         return
@@ -374,7 +376,7 @@ def main() -> None:
         "--streaming-samples",
         default=None,
         help="comma-separated calibration window counts for the --max-memory run, each within the budget "
-        "(default: 16,64 on SmolLM2, 16 on the synthetic model)",
+        "(default: 16,64,96 on SmolLM2, 96 being the most that fits its budget; 16 on the synthetic model)",
     )
     parser.add_argument("--streaming-runs", type=int, default=3, help="runs per streaming case")
     args = parser.parse_args()
@@ -389,9 +391,10 @@ def main() -> None:
             models["gpt2-small (random)"] = root / "gpt2"
         if "demo" in chosen:
             models["demo (trained)"] = demo_model(fast=False)[0]
-        print(f"calibration: {args.samples} × {args.seq_len} tokens of {CALIBRATION}; 2 CPU threads\n")
-        print("| model | method | bits | wall s | peak RSS MiB |")
-        print("|---|---|---:|---:|---:|")
+        if models:
+            print(f"calibration: {args.samples} × {args.seq_len} tokens of {CALIBRATION}; 2 CPU threads\n")
+            print("| model | method | bits | wall s | peak RSS MiB |")
+            print("|---|---|---:|---:|---:|")
         for label, model in models.items():
             for method, bits in METHODS:
                 if method == "awq" and label.startswith("gpt2"):
@@ -408,7 +411,7 @@ def main() -> None:
 
             models["SmolLM2-135M"] = smollm2_dir()
         compare_gptqmodel(models, root, args.samples, args.seq_len)
-        counts = args.streaming_samples or ("16,64" if args.streaming == "smollm2" else "16")
+        counts = args.streaming_samples or ("16,64,96" if args.streaming == "smollm2" else "16")
         sample_counts = [int(count) for count in counts.split(",")]
         if args.streaming == "synthetic":
             bench_streaming(root, sample_counts, args.seq_len, runs=args.streaming_runs)

@@ -28,7 +28,7 @@ def _reversed_inverse(factor: torch.Tensor) -> torch.Tensor:
     """J·R⁻¹·J for a lower-triangular `factor` R (J reverses the order), in R's dtype.
 
     R⁻¹ is solved a slab of columns at a time against the whole of R (a sub-square of R would be
-    copied for LAPACK), each slab landing flipped in the result: R⁻¹ is never whole twice.
+    copied for LAPACK), each slab landing flipped in the result: R⁻¹ exists only as the result.
     """
     size = factor.shape[0]
     result = torch.zeros_like(factor, memory_format=torch.contiguous_format)
