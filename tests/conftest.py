@@ -149,6 +149,18 @@ def demo(tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real SmolLM2-135M directory (`compress.realmodel`), or a skip where the wheel cannot be had."""
+    from compress.errors import CompressError
+    from compress.realmodel import smollm2_dir
+
+    try:
+        return smollm2_dir()
+    except CompressError as exc:  # no package registry: nothing to test with
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
 def pruned(demo, tmp_path_factory) -> Path:
     """The distillation student: the demo model with half its MLP and a quarter of its heads pruned."""
     import compress

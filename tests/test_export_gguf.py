@@ -82,15 +82,7 @@ def test_transformers_reads_the_exported_file_back_exactly(run_cli, tmp_path):
 def _model_dir(which: str, request):
     if which == "stories260K":
         return STORIES_MODEL
-    if which == "demo":
-        return request.getfixturevalue("demo")[0]
-    from compress.errors import CompressError
-    from compress.realmodel import smollm2_dir
-
-    try:
-        return smollm2_dir()
-    except CompressError as exc:  # no package registry: nothing to test with
-        pytest.skip(str(exc))
+    return request.getfixturevalue("demo")[0] if which == "demo" else request.getfixturevalue("smollm2")
 
 
 @pytest.mark.parametrize("which", ["stories260K", TRAINED, REAL])

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from conftest import assert_one_line_error
 
 import compress
-from compress.errors import CompressError
 from compress.evaluate.divergence import DivergenceAccumulator, TopK, kl_divergence, topk_kl_divergence
 from compress.evaluate.harness import EvalRequest, evaluate
 from compress.evaluate.suite import StoreLayout, load_suite
@@ -59,14 +58,8 @@ def test_small_vocabularies_keep_the_exact_full_store():
 
 
 @pytest.fixture(scope="module")
-def smollm2_rtn(tmp_path_factory):
-    from compress.realmodel import smollm2_dir
-
-    try:
-        source = smollm2_dir()
-    except CompressError as exc:
-        pytest.skip(str(exc))
-    return source, compress.quantize(source, tmp_path_factory.mktemp("kld") / "rtn4", method="rtn", bits=4)
+def smollm2_rtn(smollm2, tmp_path_factory):
+    return smollm2, compress.quantize(smollm2, tmp_path_factory.mktemp("kld") / "rtn4", method="rtn", bits=4)
 
 
 @pytest.mark.slow

@@ -80,16 +80,10 @@ def test_max_memory_errors(run_cli, tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_streams_within_a_quarter_of_its_size(tmp_path):
+def test_smollm2_streams_within_a_quarter_of_its_size(smollm2, tmp_path):
     """A real 30-layer model: GPTQ with a budget of a quarter of its float32 weights (134 MB of
     538 MB) gives the in-memory artifact's tensors exactly."""
-    from compress.errors import CompressError
-    from compress.realmodel import smollm2_dir
-
-    try:
-        source = smollm2_dir()
-    except CompressError as exc:
-        pytest.skip(str(exc))
+    source = smollm2
     options = dict(method="gptq", bits=4, calib=CALIBRATION, calib_samples=4, seq_len=64, device="cpu")
     in_memory = compress.quantize(source, tmp_path / "memory", **options)
     streamed = compress.quantize(source, tmp_path / "streamed", max_memory="134MB", **options)
