@@ -50,6 +50,11 @@ def rss_mib():
         return _status_mib("VmRSS")
     except OSError:
         return 0.0
+def file_mib():  # file-backed resident pages: the libraries' code and data as far as it was touched
+    try:
+        return _status_mib("RssFile")
+    except (OSError, StopIteration):
+        return 0.0
 """
 RUN = (
     PEAK_RSS
@@ -61,7 +66,7 @@ import compress, compress.quantize.runner, compress.quantize.calibrated, compres
 import compress.streaming, compress.data, transformers.models.gpt2.modeling_gpt2
 import transformers.models.llama.modeling_llama
 model, out, method, bits, calib, samples, seq_len, options = sys.argv[1:9]
-base_rss = rss_mib()
+base_rss, base_file = rss_mib(), file_mib()
 start = time.perf_counter()
 compress.quantize(model, out, method=method, bits=int(bits), calib=calib, calib_samples=int(samples),
                   seq_len=int(seq_len), device="cpu", **json.loads(options))
@@ -69,6 +74,7 @@ phases = json.loads((Path(out) / "compress.json").read_text())["phases"]
 growth = [(p["peak_rss_bytes"] - p["start_rss_bytes"]) / 2**20 for p in phases if p["name"] == "quantize"]
 print(json.dumps({"wall_s": time.perf_counter() - start,
                   "peak_rss_mib": peak_rss_mib(), "base_rss_mib": base_rss,
+                  "file_growth_mib": file_mib() - base_file,
                   "quantize_growth_mib": growth[0] if growth else None}))
 """
 )
@@ -164,17 +170,23 @@ def bench_streaming(
     """GPTQ on a model ≥4× `--max-memory`, streamed, beside the same run with the model in memory,
     at each calibration size in `sample_counts`.
 
-    Two figures, each against one float32 block plus the calibration activations (a block's inputs
-    and outputs, float32), the engine's floor: the growth of resident memory over the process's size
-    after imports (torch and transformers alone take a few hundred MB), which also counts the
-    tokenizer, the calibration text, the library code paged in on first use and the output written
-    at the end; and the growth within the quantize phase over its start (the manifest's phases),
-    which is the calibration engine alone. Several calibration sizes, because the engine's own costs
-    (GPTQ's Hessian work on the widest layer, the packed shard being filled) do not grow with the
-    calibration while the floor does: a small calibration shows them at their largest relative size.
-    `model` None: a synthetic Llama whose blocks dominate its size; else that model (e.g. SmolLM2,
-    whose embedding is a fifth of it). Each case runs `runs` times, one after the other: glibc's
-    heaps move the same run by tens of MB, so the table gives the median and the range.
+    Figures against one float32 block plus the calibration activations (a block's inputs and
+    outputs, float32), the engine's floor:
+    - the growth of resident memory over the process's size after imports (torch and transformers
+      alone take a few hundred MB), which also counts the tokenizer, the calibration text, the
+      library code paged in on first use and the output written at the end;
+    - of that growth, the library pages (file-backed resident memory gained: torch's kernels,
+      LAPACK, the tokenizer's code; shared with every process that maps them, clean, and dropped
+      by the kernel under memory pressure rather than counted against the process), and the
+      growth without them: the run's own memory. The library pages are complete after the first
+      block, before the peak, so the subtraction is exact there;
+    - the growth within the quantize phase over its start (the manifest's phases): the calibration
+      engine alone.
+    Several calibration sizes, because the engine's own costs (GPTQ's Hessian work on the widest
+    layer, the packed shard being filled) do not grow with the calibration while the floor does: a
+    small calibration shows them at their largest relative size. `model` None: a synthetic Llama
+    whose blocks dominate its size; else that model (e.g. SmolLM2, whose embedding is a fifth of
+    it). Each case runs `runs` times, one after the other, and the table gives the median and range.
     """
     if model is None:
         model = root / "streaming"
@@ -190,9 +202,9 @@ def bench_streaming(
     )
     print(
         "| calibration | run | wall s | floor MB (block + activations) | resident growth MB | / floor "
-        "| quantize phase growth MB | / floor |"
+        "| of which library pages MB | own memory / floor | quantize phase / floor |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for samples in sample_counts:
         # The calibration text as a small file: reading the whole stdlib corpus to sample from it
         # would cost more memory than a block, and that cost belongs to the data, not to the engine.
@@ -205,14 +217,16 @@ def bench_streaming(
             options = {**options, "force": True}  # the same directory each repeat
             repeats = [run(model, out, "gptq", 4, samples, seq_len, calib, **options) for _ in range(runs)]
             if failed := next((figures for figures in repeats if "error" in figures), None):
-                print(f"{row} | failed: {failed['error']} | | | | | |")
+                print(f"{row} | failed: {failed['error']} | | | | | | |")
                 continue
             wall = statistics.median(figures["wall_s"] for figures in repeats)
             growth = [(f["peak_rss_mib"] - f["base_rss_mib"]) * 1.048576 for f in repeats]
+            library = [f["file_growth_mib"] * 1.048576 for f in repeats]
+            own = [total - pages for total, pages in zip(growth, library, strict=True)]
             engine = [f["quantize_growth_mib"] * 1.048576 for f in repeats]
             print(
                 f"{row} | {wall:.1f} | {floor:.1f} | {_spread(growth)} | {_spread(growth, floor)} "
-                f"| {_spread(engine)} | {_spread(engine, floor)} |"
+                f"| {_spread(library)} | {_spread(own, floor)} | {_spread(engine, floor)} |"
             )
 
 

@@ -24,8 +24,12 @@ def prefer_mmap_for_large_allocations() -> None:
     glibc raises this threshold each time a large block is freed (up to 32 MiB), after which
     tensors of a block's size come from the heap and their pages stay resident after they are
     freed: a block's transient peak then becomes the floor of the next. A fixed threshold turns that
-    off. Streaming is for when memory is the constraint, so it pays the page faults, and the
-    process keeps choosing memory over speed from then on (`release_forward_heap`).
+    off. It must be set before the run reads anything: glibc serves a large request from free heap
+    before it maps new memory, so a heap grown earlier (on SmolLM2, by the finiteness check's 8 MB
+    chunks: 450 MB of heap, 300 MB of it free, in one run out of two) holds the run's tensors,
+    whose freed pages stay resident until the next trim (50 MB more at the peak). Streaming is for
+    when memory is the constraint, so it pays the page faults, and the process keeps choosing
+    memory over speed from then on (`release_forward_heap`).
     """
     global _memory_first
     _memory_first = True

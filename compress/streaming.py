@@ -18,7 +18,7 @@ from torch import nn
 
 from compress.checkpoint import CheckpointReader
 from compress.errors import CompressError
-from compress.memory import prefer_mmap_for_large_allocations, return_freed_memory
+from compress.memory import return_freed_memory
 from compress.modeling import DecoderLayout, ModelSource, discover_layout, load_config
 
 
@@ -45,7 +45,6 @@ class StreamedModel:
                 "(re-save it with transformers, or quantize without --max-memory)"
             )
         self._outside = [name for name, _ in self.model.named_parameters() if not self._in_blocks(name)]
-        prefer_mmap_for_large_allocations()
 
     def calibration_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Load what runs before block 0 and return the ids to run it on.

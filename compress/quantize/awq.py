@@ -25,9 +25,11 @@ from compress.errors import CompressError
 from compress.modeling import DecoderLayout, LinearLayer
 from compress.quantize.calibrated import (
     BlockDone,
+    LayerDone,
     LayerResult,
     apply_quantized,
     block_finished,
+    keep_result,
     weight_matrix,
 )
 from compress.quantize.config import QuantizeConfig
@@ -150,6 +152,7 @@ def quantize_awq(
     batch_size: int = 8,
     before_block: BlockHook = no_hook,
     block_done: BlockDone | None = None,
+    layer_done: LayerDone = keep_result,
 ) -> list[LayerResult]:
     """AWQ over every block: scale search and folding, clip search, then rounding."""
     check_supported(model.config.model_type)
@@ -180,6 +183,7 @@ def quantize_awq(
             )
             qw = rtn_quantize(clipped, config.bits, config.nominal_group_size, config.symmetric)
             results.append(apply_quantized(layer, f"{layout.blocks_path}.{index}.{name}", qw, {}))
+            layer_done(results[-1])
 
     after_block = block_finished(layout, results, block_done)
     calibrate_sequentially(

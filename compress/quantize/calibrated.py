@@ -34,9 +34,10 @@ from compress.quantize.rtn import KERNEL_GROUP_SIZES, rtn_quantize
 @dataclass
 class LayerResult:
     name: str  # full module name in the model
-    weight: QuantizedWeight | None  # None once written to the artifact
+    weight: QuantizedWeight | None  # None once packed
     group_size: int
     stats: dict[str, float] = field(default_factory=dict)
+    packed: dict[str, torch.Tensor] | None = None  # the format's tensors, from packing until written
 
 
 def weight_matrix(layer: LinearLayer) -> torch.Tensor:
@@ -53,6 +54,12 @@ def set_weight(layer: LinearLayer, matrix: torch.Tensor) -> None:
 
 #: Called once a block is quantized and its outputs computed: (index, block, that block's results).
 BlockDone = Callable[[int, nn.Module, list[LayerResult]], None]
+#: Called with each layer's result as soon as its integers are final (a writer packs them there).
+LayerDone = Callable[[LayerResult], None]
+
+
+def keep_result(result: LayerResult) -> None:
+    """The default: results keep their int32 integers (callers that read them, not a writer)."""
 
 
 def block_finished(layout: DecoderLayout, results: list[LayerResult], done: BlockDone | None) -> BlockHook:
@@ -114,6 +121,7 @@ def quantize_rtn(
     config: QuantizeConfig,
     before_block: BlockHook = no_hook,
     block_done: BlockDone | None = None,
+    layer_done: LayerDone = keep_result,
 ) -> list[LayerResult]:
     """Round every block linear to nearest: no data needed."""
     results: list[LayerResult] = []
@@ -123,6 +131,7 @@ def quantize_rtn(
         for layer in find_linear_layers(block):
             qw = rtn_quantize(weight_matrix(layer), config.bits, config.nominal_group_size, config.symmetric)
             results.append(apply_quantized(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, {}))
+            layer_done(results[-1])
         after_block(index, block)
     return results
 
@@ -135,6 +144,7 @@ def quantize_gptq(
     batch_size: int | None = None,
     before_block: BlockHook = no_hook,
     block_done: BlockDone | None = None,
+    layer_done: LayerDone = keep_result,
 ) -> list[LayerResult]:
     """GPTQ, block by block and stage by stage, each stage's Hessian from the quantized earlier ones.
 
@@ -158,6 +168,7 @@ def quantize_gptq(
                 results.append(
                     apply_quantized(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, stats)
                 )
+                layer_done(results[-1])
             del statistics, quantized
             return_freed_memory()  # the stage's Hessian work, before the next stage's forward
 

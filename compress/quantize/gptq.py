@@ -196,9 +196,9 @@ class GPTQ:
                 q[:, column] = qcol[:, 0]
                 diagonal = h_block[i, i]
                 error = (wcol - dq)[:, 0] / diagonal
-                w_block[:, i:] -= error.unsqueeze(1) @ h_block[i, i:].unsqueeze(0)
+                w_block[:, i:].addr_(error, h_block[i, i:], alpha=-1)
                 errors[:, i] = error
-            w[:, end:] -= errors @ h_inv[start:end, end:]
+            w[:, end:].addmm_(errors, h_inv[start:end, end:], alpha=-1)
             losses += (errors**2).sum(dim=1) / 2  # (w − q)² / [H⁻¹]ᵢᵢ², the paper's per-column loss
 
         inverse_order = torch.argsort(order)

@@ -110,8 +110,9 @@ class PackedWriter:
     A finished block's quantized linears become their packed tensors (biases in float16, as the
     formats store them); its other tensors (norms, possibly AWQ-rescaled) go back in the dtype the
     source checkpoint stored them in. Everything outside the blocks is copied from the source
-    checkpoint verbatim, since no method touches embeddings, the final norm or `lm_head`. Packed
-    integers are dropped from the `LayerResult`s once written, so memory does not grow per block.
+    checkpoint verbatim, since no method touches embeddings, the final norm or `lm_head`. A layer's
+    integers are packed as soon as they are final (`pack_layer`), and dropped from its `LayerResult`
+    once written, so memory does not grow per block.
     """
 
     def __init__(
@@ -154,16 +155,24 @@ class PackedWriter:
             )
         return stored
 
+    def pack_layer(self, result: LayerResult) -> None:
+        """Replace a layer's int32 integers by the format's packed tensors, as soon as they are final:
+        the block's other stages and its output pass then run beside bits/32 of them (SmolLM2 at 4
+        bits: 1.8 MB a block instead of 14 MB)."""
+        if result.weight is not None:
+            result.packed = (pack_awq if self.fmt == "awq" else pack_gptq)(result.weight)
+            result.weight = None
+
     def write_block(self, index: int, block: nn.Module, results: list[LayerResult]) -> None:
         prefix = f"{self.blocks_path}.{index}."
-        pack = pack_awq if self.fmt == "awq" else pack_gptq
         quantized = {r.name.removeprefix(prefix): r for r in results if r.name.startswith(prefix)}
         for name, tensor in block.state_dict().items():
             module, _, kind = name.rpartition(".")
             if module in quantized and kind == "weight":
-                for key, value in pack(quantized[module].weight).items():
+                self.pack_layer(quantized[module])
+                for key, value in quantized[module].packed.items():
                     self.shards.add(f"{prefix}{module}.{key}", value)
-                quantized[module].weight = None
+                quantized[module].packed = None
             elif module in quantized and kind == "bias":
                 self.shards.add(prefix + name, tensor.half())
             else:

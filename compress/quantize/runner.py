@@ -117,6 +117,7 @@ def _packed(
     """RTN, GPTQ and AWQ: each block is packed into the artifact as soon as it is quantized."""
     from compress.calibrate import no_hook
     from compress.checkpoint import DEFAULT_SHARD_BYTES
+    from compress.memory import prefer_mmap_for_large_allocations
     from compress.quantize.calibrated import check_group_size, quantize_gptq, quantize_rtn, with_default_group
     from compress.quantize.packed import FORMATS, PackedWriter, layer_shapes, packed_format
     from compress.streaming import StreamedModel
@@ -127,6 +128,9 @@ def _packed(
             model = load_model(source, "float32", config.device, trust_remote_code, require_finite=True)
             layout = discover_layout(model)
         else:
+            # Before the first byte is read: the finiteness check's chunks would otherwise grow a heap
+            # that the run's tensors are later carved from (memory.py).
+            prefer_mmap_for_large_allocations()
             check_finite_files(source.path)
             streamed = StreamedModel(source, resolve_device(config.device), trust_remote_code)
             model, layout = streamed.model, streamed.layout
@@ -164,7 +168,11 @@ def _packed(
         if streamed is not None:
             streamed.release_block(index, block)
 
-    hooks = {"before_block": streamed.load_block if streamed else no_hook, "block_done": block_done}
+    hooks = {
+        "before_block": streamed.load_block if streamed else no_hook,
+        "block_done": block_done,
+        "layer_done": writer.pack_layer,
+    }
     with timer.phase("quantize"):
         input_ids = windows.input_ids if windows is not None else None
         if streamed is not None and input_ids is not None:
