@@ -109,17 +109,6 @@ def api_call(function: str, *args: Any, **kwargs: Any) -> str:
 # --- atomic writes -----------------------------------------------------------------------------
 
 
-def check_output_path(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
-    """Refuse before any work starts: an existing `out` without `--force`, or `out` being an input."""
-    for path in inputs:
-        if out.resolve() == path.resolve():
-            raise CompressError(f"--out '{out}' is the input model itself; choose another directory")
-    if out.exists() and not force:
-        raise CompressError(f"output '{out}' already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise CompressError(f"output '{out}' exists and is not a directory")
-
-
 #: Tokenizer and generation files copied verbatim from the source, so an artifact tokenizes exactly
 #: like its parent (re-saving a tokenizer can rewrite it).
 TOKENIZER_FILE_PATTERNS = (
@@ -345,31 +334,40 @@ def directory_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())
 
 
-def _describe_gguf(directory: Path, file: Path) -> dict[str, Any]:
-    """`describe` for a GGUF artifact (`export gguf`): its statistics come from the file's header."""
+def _describe_gguf(path: Path, file: Path) -> dict[str, Any]:
+    """`describe` for a GGUF artifact (`export gguf`) or a .gguf file: its statistics come from the
+    file's header. The folder's manifest counts only for the file it was written with."""
     from compress.gguf_source import gguf_statistics
 
-    manifest = read_manifest(directory)
+    manifest = read_manifest(file.parent)
+    if manifest is not None and manifest.extra.get("gguf_file", file.name) != file.name:
+        manifest = None  # another .gguf beside an export's own: not what the manifest describes
     statistics = gguf_statistics(file)
     return {
-        "path": str(directory),
+        "path": str(path),
         "is_artifact": manifest is not None,
         "architecture": statistics.pop("architecture"),
         "model_type": "gguf",
         "quantization_config": None,
-        "disk_bytes": directory_bytes(directory),
+        "disk_bytes": directory_bytes(path) if path.is_dir() else file.stat().st_size,
         **statistics,
         "manifest": manifest.model_dump() if manifest else None,
     }
 
 
 def describe(directory: Path) -> dict[str, Any]:
-    """What `compress inspect` shows: manifest, lineage, size, parameter count, bits per weight."""
+    """What `compress inspect` shows: manifest, lineage, size, parameter count, bits per weight (of
+    a model directory, an artifact, or one .gguf file)."""
+    from compress.gguf_source import gguf_file_in
+
     directory = Path(directory)
+    if directory.is_file() and directory.suffix.lower() == ".gguf":
+        return _describe_gguf(directory, directory)
     if not directory.is_dir():
         raise CompressError(f"'{directory}' is not a directory")
-    if not (directory / "config.json").is_file() and (ggufs := sorted(directory.glob("*.gguf"))):
-        return _describe_gguf(directory, ggufs[0])
+    # One GGUF, as a model source takes it; several are one line asking for one of them.
+    if not (directory / "config.json").is_file() and (gguf := gguf_file_in(directory)):
+        return _describe_gguf(directory, gguf)
     if not (directory / "config.json").is_file():
         raise CompressError(f"'{directory}' has no config.json, so it is not a model or artifact")
     try:

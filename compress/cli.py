@@ -22,7 +22,7 @@ import typer
 from compress import console
 from compress.cli_options import config_parameters, option, with_parameters
 from compress.distill.config import DistillConfig, GenerateConfig, TrainConfig
-from compress.errors import CompressError, option_error, os_error_message
+from compress.errors import CompressError, option_error, user_error_message
 from compress.version import __version__
 
 if TYPE_CHECKING:
@@ -218,7 +218,13 @@ def eval_command(
     from compress.evaluate.harness import EvalRequest, evaluate
     from compress.evaluate.results import junit_xml
     from compress.evaluate.suite import Suite, load_suite
+    from compress.ownership import check_report_path, report_inputs
 
+    for flag, value in (("--metrics", metrics), ("--tasks", tasks)):
+        if value is not None and not _split(value):  # `--metrics ''` would measure nothing, silently
+            raise CompressError(f"{flag} is empty; give a comma-separated list (see compress eval --help)")
+    if price_per_hour is not None and not (0 < price_per_hour < float("inf")):
+        raise CompressError(f"--price-per-hour must be a positive number of USD, got {price_per_hour}")
     overrides = {
         "data": data,
         "seq_len": seq_len,
@@ -236,7 +242,19 @@ def eval_command(
         chosen = Suite.model_validate(chosen.model_dump()).check()  # validates the overrides too
     except ValidationError as exc:
         raise CompressError(option_error(exc)) from exc
+    measured = ", ".join(chosen.metrics)
+    if tasks is not None and "tasks" not in chosen.metrics:
+        raise CompressError(f"--tasks is given but the tasks metric is not measured (metrics: {measured})")
+    if metrics is not None and "tasks" in chosen.metrics and not chosen.tasks:
+        raise CompressError("--metrics asks for tasks but no task is named; pass --tasks NAME[,NAME]")
+    if price_per_hour is not None and not {"speed", "cost"} <= set(chosen.metrics):
+        raise CompressError(
+            f"--price-per-hour prices the cost metric, which needs speed and cost (metrics: {measured})"
+        )
     request = EvalRequest(artifacts, chosen, baseline, list(gate), price_per_hour, device, reuse=not no_cache)
+    reads = report_inputs([*artifacts, baseline], [chosen.data, suite])
+    for flag, path in (("--json", json_file), ("--junit", junit), ("--markdown", markdown)):
+        check_report_path(path, reads, flag)  # before any work: a report never replaces an input
     report, problems = evaluate(request)
     rows = comparison_rows([r for r in [report.baseline, *report.results] if r is not None])
     if json_file:
@@ -286,11 +304,13 @@ def compare(
     from compress.evaluate.compare import FORMATS, SORT_KEYS, comparison_rows, render, sort_rows
     from compress.evaluate.compare import plot as save_plot
     from compress.evaluate.results import load_results
+    from compress.ownership import check_report_path, report_inputs
 
     if format not in FORMATS:
         raise CompressError(f"unknown format '{format}'; choose one of {', '.join(FORMATS)}")
     if sort is not None and sort not in SORT_KEYS:
         raise CompressError(f"unknown sort key '{sort}'; choose one of {', '.join(SORT_KEYS)}")
+    check_report_path(plot, report_inputs(results), "--plot")
     rows = sort_rows(comparison_rows(load_results(results)), sort)
     output = render(rows, "json" if console.mode.json else format)
     if isinstance(output, str):
@@ -653,8 +673,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(str(exc), exc)
         return exc.exit_code
     except Exception as exc:
-        message = os_error_message(exc) if isinstance(exc, OSError) else None
-        if message is not None:  # out of space, read-only, no permission, name too long: the user's
+        # Out of space, read-only, a path that is a file, a JSON file that does not parse: the
+        # user's, however deep and in whatever library's wrapper it arose (`user_error_message`).
+        message = user_error_message(exc)
+        if message is not None:
             _print_error(message, exc)
             return 2
         _print_error(
@@ -664,9 +686,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_error(message: str, exc: BaseException) -> None:
+    """The one `error:` line (after the traceback with --debug): a message of several lines, or one
+    that already says `error:`, still makes one line; an empty one says at least what failed."""
     if console.mode.debug:
         traceback.print_exception(exc, file=sys.stderr)
-    one_line = " ".join(message.split())
+    one_line = " ".join(message.split()).removeprefix("error: ") or type(exc).__name__
     print(f"error: {one_line}", file=sys.stderr)
 
 

@@ -209,12 +209,28 @@ def _check_is_text(path: Path, text: str) -> None:
 
 def _read_table(path: Path, column: str | None) -> list[str]:
     import datasets
+    from datasets.utils import logging as datasets_logging
 
+    # Its JSON reader logs the parse error at ERROR level before raising it: the one-line error
+    # below says the same, and a second stderr line would break the CLI's one-line contract.
+    verbosity = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
     try:
         table = datasets.load_dataset(TABLE_FORMATS[path.suffix], data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for a malformed file
-        raise CompressError(f"cannot read '{path}' as {path.suffix[1:]}: {str(exc).splitlines()[0]}") from exc
+        raise CompressError(f"cannot read '{path}' as {path.suffix[1:]}: {_reason(exc)}") from exc
+    finally:
+        datasets_logging.set_verbosity(verbosity)
     return list(table[_text_column(table.column_names, table.features, column, str(path))])
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what went wrong: `datasets` wraps the parser's error ("JSON parse error:
+    Invalid value. in row 0") in a generic one ("An error occurred while generating the dataset")."""
+    cause = exc.__cause__
+    if type(exc).__name__ == "DatasetGenerationError" and cause is not None:
+        return _reason(cause)
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _text_column(names: list[str], features, column: str | None, where: str) -> str:

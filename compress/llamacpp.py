@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
 import tempfile
 import weakref
 from dataclasses import dataclass
@@ -58,16 +59,64 @@ FILE_TYPE_IDS = {
 KV_TYPES = {"f32": 0, "f16": 1}
 
 
+#: `ggml_log_level` values: an error, and a line continuing the previous message.
+_LOG_ERROR, _LOG_CONTINUED = 3, 5
+
+
+class _Logs:
+    """Where llama.cpp's own log lines go. Its C code (loader, quantizer, ggml) logs through one
+    callback, which the binding points at a printer that lets ERROR lines through and, unless its
+    logger's level says otherwise, everything; a failed quantization then printed half a dozen
+    lines above our one-line error. Ours writes them to stderr only where the CLI runs with
+    --verbose (or a library caller left logging on), and keeps the error lines, so a failure can
+    say in one line what llama.cpp said."""
+
+    def __init__(self) -> None:
+        self.callback: Any = None  # the ctypes function, kept alive as long as llama.cpp may call it
+        self.errors: list[str] = []
+        self._level = 0
+
+    @staticmethod
+    def verbose() -> bool:
+        """The CLI disables library logging below ERROR unless --verbose (`cli._silence_libraries`)."""
+        return logging.root.manager.disable < logging.WARNING
+
+    def install(self, llama_cpp: Any) -> None:
+        if self.callback is not None:
+            return
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, _user_data: Any) -> None:
+            self._level = self._level if level == _LOG_CONTINUED else level
+            message = text.decode("utf-8", "replace")
+            if self._level == _LOG_ERROR:
+                self.errors = [*self.errors[-31:], message]
+            if self.verbose():
+                sys.stderr.write(message)
+                sys.stderr.flush()
+
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+        self.callback = callback
+
+    def reason(self) -> str | None:
+        """What llama.cpp last gave as the reason of a failure (`failed to quantize: …`), if anything."""
+        lines = [line.strip() for line in "".join(self.errors).splitlines()]
+        lines = [line for line in lines if line and not set(line) <= {"=", "-"}]
+        if not lines:
+            return None
+        return lines[-1].split("failed to quantize: ", 1)[-1]
+
+
+_logs = _Logs()
+
+
 def binding() -> Any:
     """The `llama_cpp` module, or a one-line error saying how to build it."""
     try:
         import llama_cpp
     except ImportError as exc:
         raise CompressError(f"llama.cpp is not available: {HOW_TO_GET}") from exc
-    # The binding prints every llama.cpp log line unless its logger's own level says otherwise
-    # (it does not consult `logging.disable`); keep them only where the CLI runs with --verbose.
-    quiet = logging.root.manager.disable >= logging.WARNING
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR if quiet else logging.NOTSET)
+    _logs.install(llama_cpp)
     return llama_cpp
 
 
@@ -96,8 +145,12 @@ def quantize_file(
     table = ImatrixTable(llama_cpp.llama_model_imatrix_data, imatrix) if imatrix else None
     if table is not None:
         params.imatrix = ctypes.cast(table.entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    _logs.errors = []
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0:
+        reason = _logs.reason()
+        if reason and "requantiz" not in reason:
+            raise CompressError(f"llama.cpp could not quantize to {file_type}: {reason}")
         raise CompressError(
             f"llama.cpp could not quantize to {file_type} (a packed layer would have to be rounded "
             "again; export as f16, or quantize with --sym --group-size 32)"

@@ -55,6 +55,15 @@ class ModelSource:
     is_artifact: bool  # the directory was written by `compress` (has compress.json)
     gguf: dict[str, Any] | None = None  # the GGUF file this directory was converted from
 
+    @property
+    def user_paths(self) -> tuple[Path, ...]:
+        """What the user handed over, which no command may write into or replace: the path as
+        given, and the files behind it (a GGUF's file, not the float copy cached from it; a hub
+        snapshot's directory)."""
+        given = Path(self.reference).expanduser()
+        behind = Path(self.gguf["file"]) if self.gguf else self.path
+        return (given, behind) if given.exists() else (behind,)
+
     def lineage(self) -> dict[str, Any]:
         """The manifest's `source`/`parent` entry for this model."""
         entry: dict[str, Any] = {
@@ -81,14 +90,19 @@ def _looks_like_local_path(reference: str) -> bool:
     )
 
 
+#: Weight files a fingerprint reads.
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")
+
+
 def fingerprint_files(directory: Path) -> str:
-    """sha256 over the names and bytes of a model's config and weight files.
+    """sha256 over the names and bytes of a model's config and weight files (safetensors, and the
+    GGUF of an exported artifact: a fingerprint that skipped it would call every GGUF the same).
 
     The weights are read in full: a fingerprint of headers or sizes would miss a re-trained model.
     """
     digest = hashlib.sha256()
     names = sorted(
-        p.name for p in directory.iterdir() if p.name == "config.json" or p.suffix == ".safetensors"
+        p.name for p in directory.iterdir() if p.name == "config.json" or p.suffix in WEIGHT_SUFFIXES
     )
     for name in names:
         digest.update(name.encode())
@@ -293,23 +307,119 @@ def check_loading_report(source: ModelSource, report: dict) -> None:
             )
 
 
+#: The JSON files a tokenizer is read from, each a JSON object: a broken one is named in the error.
+TOKENIZER_JSON_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+)
+#: Files that hold a vocabulary (fast, SentencePiece, tiktoken, BPE or WordPiece): without any of
+#: them a directory has no tokenizer to load.
+TOKENIZER_VOCABULARY_GLOBS = ("tokenizer.json", "*.model", "*.tiktoken", "vocab.*", "merges.txt")
+
+
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
-    """The model's tokenizer; every technique that reads text needs it."""
+    """The model's tokenizer; every technique that reads text needs it.
+
+    Loading reads nothing but the tokenizer files in `source.path`, so any failure is about them,
+    whatever its type (`tokenizers` raises a bare `Exception` for a tokenizer.json that parses but
+    describes no tokenizer, transformers an `AttributeError` for a config that is not an object):
+    one line naming the directory and, where it can be found, the file and its problem.
+    """
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CompressError(f"cannot load a tokenizer from '{source.reference}': {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise CompressError(_tokenizer_problem(source, exc)) from exc
+
+
+def _known_tokenizer_class(name: str) -> bool:
+    """Whether transformers has a tokenizer class of this name (a model's own code may add more)."""
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    try:
+        return tokenizer_class_from_name(name) is not None
+    except Exception:  # a private helper: when it fails, the library's own message is shown instead
+        return True
+
+
+def _tokenizer_problem(source: ModelSource, exc: Exception) -> str:
+    """Why the tokenizer in `source` did not load: the file to blame when one is malformed, no
+    tokenizer files at all, or the library's own first line."""
+    directory = source.path
+    advice = "re-download or re-export the model's tokenizer files"
+    for name in TOKENIZER_JSON_FILES:
+        file = directory / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            return f"cannot load the tokenizer of '{source.reference}': '{file}' is not UTF-8 text; {advice}"
+        except json.JSONDecodeError as error:
+            return (
+                f"cannot load the tokenizer of '{source.reference}': '{file}' is not valid JSON "
+                f"({error.msg}: line {error.lineno} column {error.colno}); {advice}"
+            )
+        if not isinstance(data, dict):
+            return (
+                f"cannot load the tokenizer of '{source.reference}': '{file}' holds a JSON "
+                f"{type(data).__name__}, not an object; {advice}"
+            )
+        custom = "auto_map" in data  # a class of the model's own code, which transformers cannot name
+        named = data.get("tokenizer_class") if name == "tokenizer_config.json" and not custom else None
+        if named is not None and not (isinstance(named, str) and _known_tokenizer_class(named)):
+            return (
+                f"cannot load the tokenizer of '{source.reference}': '{file}' names tokenizer_class "
+                f"{named!r}, which transformers does not know; {advice}"
+            )
+    vocabulary = [p for pattern in TOKENIZER_VOCABULARY_GLOBS for p in directory.glob(pattern) if p.is_file()]
+    if not vocabulary:
+        return (
+            f"'{source.reference}' has no tokenizer files (tokenizer.json, tokenizer.model, vocab.json, …); "
+            "copy the model's tokenizer into it"
+        )
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+    fast = directory / "tokenizer.json"
+    blamed = f"'{fast}' does" if fast.is_file() else "its tokenizer files do"
+    return (
+        f"cannot load the tokenizer of '{source.reference}': {blamed} not describe a usable tokenizer "
+        f"({type(exc).__name__}: {detail}); {advice}"
+    )
 
 
 def tokenizers_match(reference_tokenizer, tokenizer, probe: str) -> bool:
     """Same vocabulary and the same ids for a sample text: logits of the two models are comparable
-    position by position (what KLD and distillation need)."""
-    if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+    position by position (what KLD and distillation need).
+
+    A token only one side has still leaves the vocabularies the same when it is a special token at
+    an id the other side leaves empty: the placeholders (`[PAD300]`, …) a GGUF holds for embedding
+    rows past its tokenizer (convert_hf_to_gguf and `export gguf` both write them, as llama.cpp
+    needs one token per row), which no text the other side tokenizes becomes.
+    """
+    ours, theirs = reference_tokenizer.get_vocab(), tokenizer.get_vocab()
+    if ours != theirs and not (
+        all(ours[text] == theirs[text] for text in ours.keys() & theirs.keys())
+        and _only_padding(ours, theirs, tokenizer)
+        and _only_padding(theirs, ours, reference_tokenizer)
+    ):
         return False
     encode = {"add_special_tokens": False}
     return reference_tokenizer(probe, **encode)["input_ids"] == tokenizer(probe, **encode)["input_ids"]
+
+
+def _only_padding(vocab: dict[str, int], other: dict[str, int], other_tokenizer) -> bool:
+    """Whether every token `other` has beyond `vocab` is a special one at an id `vocab` leaves empty."""
+    decoder = getattr(other_tokenizer, "added_tokens_decoder", None) or {}
+    special = {token.content for token in decoder.values() if getattr(token, "special", False)}
+    special |= set(getattr(other_tokenizer, "all_special_tokens", ()))
+    used = set(vocab.values())
+    return all(text in special and other[text] not in used for text in other.keys() - vocab.keys())
 
 
 # --- walking the module tree -------------------------------------------------------------------

@@ -57,11 +57,19 @@ def _lineage_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _kind(info: dict[str, Any]) -> str:
+    if info["is_artifact"]:
+        return "compress artifact"
+    if info["model_type"] == "gguf":
+        return "GGUF file (no compress.json)"
+    return "model directory (no compress.json)"
+
+
 def inspect_view(info: dict[str, Any]) -> Group:
     """`compress inspect`: what the directory is, its size, and (for artifacts) how it was made."""
     rows = [
         ("path", info["path"]),
-        ("kind", "compress artifact" if info["is_artifact"] else "model directory (no compress.json)"),
+        ("kind", _kind(info)),
         ("architecture", f"{info['architecture']} ({info['model_type']})"),
         ("parameters", f"{format_count(info['parameters'])} ({info['parameters']:,})"),
         (

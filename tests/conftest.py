@@ -181,6 +181,19 @@ def generations(demo, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def llama_cpp():
+    """llama.cpp's binding; optional on a developer's machine, required where CI sets
+    COMPRESS_REQUIRE_LLAMA_CPP=1 (its absence is then a failure, not a skip)."""
+    from compress import llamacpp
+
+    if not llamacpp.available():
+        if os.environ.get("COMPRESS_REQUIRE_LLAMA_CPP"):
+            pytest.fail("llama.cpp is required here (COMPRESS_REQUIRE_LLAMA_CPP) but does not import")
+        pytest.skip("llama.cpp is not built here (make llama-cpp)")
+    return llamacpp.binding()
+
+
+@pytest.fixture
 def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""
 

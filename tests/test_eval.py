@@ -11,16 +11,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import assert_one_line_error
+from safetensors.torch import load_file, save_file
 
 import compress
 from compress.errors import CompressError
+from compress.evaluate import harness
 from compress.evaluate.compare import pareto_front
 from compress.evaluate.divergence import DivergenceAccumulator, kl_divergence
-from compress.evaluate.gates import check_gate, parse_gate
+from compress.evaluate.gates import LABEL, NUMBER, check_gate, check_gates, metric_schema, parse_gate
 from compress.evaluate.harness import EvalRequest, evaluate
 from compress.evaluate.perplexity import perplexity
-from compress.evaluate.suite import Suite, load_suite
+from compress.evaluate.speed import SpeedSettings
+from compress.evaluate.suite import METRICS, Suite, load_suite
 from compress.modeling import load_model, resolve_model
+from compress.quantize import cast as quantize_cast
 
 #: Small and offline: the held-out standard library, 8 windows of 256 tokens, no speed run.
 FAST_METRICS = "ppl,kld,size,memory"
@@ -35,6 +39,27 @@ def _suite(**changes) -> Suite:
 @pytest.fixture(scope="module")
 def fp16_artifact(demo, tmp_path_factory):
     return compress.quantize(demo[0], tmp_path_factory.mktemp("eval") / "fp16", method="fp16", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tiny_model_dir, tmp_path_factory):
+    """An fp16 artifact of the tiny random llama: results are stored in it, so they can be reused."""
+    out = tmp_path_factory.mktemp("eval") / "tiny-fp16"
+    return compress.quantize(tiny_model_dir("llama"), out, method="fp16", device="cpu")
+
+
+def _forbid(monkeypatch, *names: str) -> None:
+    """Make the harness's model work an error, so a check that comes too late fails the test."""
+    for name in names:
+
+        def refuse(*args, name=name, **kwargs):
+            raise AssertionError(f"{name} ran before the input was refused")
+
+        monkeypatch.setattr(harness, name, refuse)
+
+
+#: Every step of the harness that loads, tokenizes or scores.
+MODEL_WORK = ("resolve_model", "load_tokenizer", "sequential_windows", "load_for_eval", "score_pass")
 
 
 # --- exactness -----------------------------------------------------------------------------------
@@ -114,6 +139,90 @@ def test_gate_parsing_and_checking():
             parse_gate(bad)
 
 
+def test_gate_paths_are_checked_against_the_keys_that_will_be_measured():
+    everything = metric_schema(METRICS, ["a", "b"], [1, 8], priced=True)
+    good = [
+        "kld.mean<=0.05",
+        "ppl<=12",  # `ppl` reads `ppl.value`
+        "ppl.increase_pct<=5",
+        "same_top1>=0.9",
+        "tasks.*.recovery>=0.97",
+        "tasks.a.score>=0.5",
+        "speed.decode_tok_s.8>100",
+        "speed.vs_baseline.decode_1>=1",
+        "speed.latency_ms.*<=50",
+        "cost.usd_per_1m_tokens<=1",
+        "memory.peak_rss_bytes<=1e9",
+        "size.bits_per_weight<=4.5",
+    ]
+    assert len(check_gates(good, everything)) == len(good)
+    bad = {
+        "kld.meen<=0.1": ["'kld' has no key 'meen'", "did you mean 'mean'", "available: mean, median, p99"],
+        "tasks.c.recovery>=0.9": ["task 'c' is not among the requested tasks", "requested: a, b"],
+        "tasks.*.recovry>=0.9": ["'tasks.a' has no key 'recovry'", "did you mean 'recovery'"],
+        "tasks.a*.recovery>=0.9": ["'*' stands for a whole key", "'a*'"],
+        "speed.decode_tok_s.16>1": ["'speed.decode_tok_s' has no key '16'", "available: 1, 8"],
+        "speed.*<=1": ["'speed.device' is a label, not a number"],
+        "tasks.a.metric>=1": ["'tasks.a.metric' is a label"],
+        "kld<=0.1": ["'kld' holds several values", "mean, median"],
+        "same_top1.mean>=0.9": ["'same_top1' is a single value with no key 'mean'"],
+        "kld..mean<=0.1": ["empty key"],
+    }
+    for expression, fragments in bad.items():
+        with pytest.raises(CompressError) as caught:
+            check_gates([expression], everything)
+        for fragment in fragments:
+            assert fragment in str(caught.value), (expression, str(caught.value))
+
+    only_ppl = metric_schema(["ppl"], [], [1, 8])
+    for expression, fragment in {
+        "kld.mean<=0.1": "metric 'kld' is not measured (metrics: ppl)",
+        "same_top1>=0.9": "metric 'kld' (which gives same_top1) is not measured",
+        "speed.ttft_ms<=5": "metric 'speed' is not measured",
+    }.items():
+        with pytest.raises(CompressError, match=r"not measured") as caught:
+            check_gates([expression], only_ppl)
+        assert fragment in str(caught.value)
+    with pytest.raises(CompressError, match="no lm-eval tasks are requested"):
+        check_gates(["tasks.*.recovery>=0.9"], metric_schema(["tasks"], [], [1]))
+    with pytest.raises(CompressError, match="needs the speed metric and a price"):
+        check_gates(["cost.usd_per_1m_tokens<=1"], metric_schema(["speed", "cost"], [], [1]))
+    assert check_gates(["ppl.value<=20"], metric_schema(["kld"], [], [1]))  # the KLD pass scores ppl too
+
+
+def _kinds_of(metrics: dict) -> dict:
+    """A result's metrics as a schema: NUMBER for numbers (and None: not measurable here), LABEL else."""
+    return {
+        key: _kinds_of(value)
+        if isinstance(value, dict)
+        else NUMBER
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        else LABEL
+        for key, value in metrics.items()
+    }
+
+
+def test_the_harness_writes_exactly_the_declared_metric_keys(tiny_model_dir):
+    """The gate schema is the producers' contract: every metric, every task and batch size on."""
+    model = str(tiny_model_dir("llama"))
+    speed = SpeedSettings(prompt_tokens=8, new_tokens=2, batch_sizes=[1, 2], warmup=0, repeats=1)
+    suite = load_suite("quick").model_copy(
+        update={
+            "metrics": list(METRICS),
+            "tasks": ["stdlib_next_line"],
+            "task_limit": 2,
+            "max_tokens": 512,
+            "speed": speed,
+        }
+    )
+    request = EvalRequest([model], suite.check(), baseline=model, price_per_hour=2.0, reuse=False)
+    report, problems = evaluate(request)
+    assert not problems
+    declared = suite.gate_schema(priced=True).tree
+    assert _kinds_of(report.results[0].metrics) == declared
+    assert set(METRICS) <= set(declared) | {"kld"}  # one entry per metric, kld's three roots included
+
+
 # --- the command line, end to end ----------------------------------------------------------------
 
 
@@ -188,6 +297,113 @@ def test_bad_eval_inputs_are_one_line_errors(run_cli, demo, fp16_artifact, tmp_p
     ]  # fmt: skip
     for argv, fragment in cases:
         code, _, err = run_cli("-q", *argv)
+        assert_one_line_error(code, err, fragment)
+
+
+def test_bad_gates_metrics_tasks_price_and_device_are_refused_before_any_work(
+    run_cli, tiny_model_dir, tmp_path, monkeypatch
+):
+    model = tiny_model_dir("llama")
+    gated_suite, no_metrics = tmp_path / "gated.yaml", tmp_path / "none.yaml"
+    gated_suite.write_text("metrics: [ppl, kld]\ngates: ['kld.mean<=0.1']\n")
+    no_metrics.write_text("metrics: []\n")
+    _forbid(monkeypatch, *MODEL_WORK)
+    cases = [
+        (("--gate", "kld.meen<=0.1"), ["'kld' has no key 'meen'", "did you mean 'mean'", "median"]),
+        (("--metrics", "ppl", "--gate", "kld.mean<=0.1"), ["metric 'kld' is not measured (metrics: ppl)"]),
+        (("--metrics", "ppl", "--gate", "same_top1>=0.9"), ["which gives same_top1"]),
+        (("--suite", "quick", "--gate", "tasks.hella.recovery>=0.9"), ["task 'hella'", "stdlib_next_line"]),
+        (("--suite", "quick", "--gate", "tasks.*.recovry>=0.9"), ["has no key 'recovry'", "'recovery'"]),
+        (("--gate", "tasks.*.recovery>=0.9"), ["no lm-eval tasks are requested"]),
+        (("--gate", "cost.usd_per_1m_tokens<=1"), ["needs the speed metric and a price per hour"]),
+        (("--gate", "speed.decode_tok_s.4>1"), ["'speed.decode_tok_s' has no key '4'", "available: 1, 8"]),
+        (("--gate", "speed.device>=1"), ["'speed.device' is a label"]),
+        (("--gate", "kld<=0.1"), ["'kld' holds several values"]),
+        (("--suite", gated_suite, "--metrics", "ppl"), ["gate 'kld.mean<=0.1'", "not measured"]),
+        (("--suite", no_metrics), ["no metrics to measure"]),
+        (("--metrics", ""), ["--metrics is empty"]),
+        (("--metrics", " , "), ["--metrics is empty"]),
+        (("--tasks", ""), ["--tasks is empty"]),
+        (("--metrics", "ppl", "--tasks", "stdlib_next_line"), ["--tasks is given", "metrics: ppl"]),
+        (("--metrics", "ppl,tasks"), ["no task is named", "--tasks"]),
+        (("--price-per-hour", "-1"), ["--price-per-hour must be a positive number"]),
+        (("--price-per-hour", "nan"), ["--price-per-hour must be a positive number"]),
+        (("--metrics", "ppl", "--price-per-hour", "2"), ["prices the cost metric", "metrics: ppl"]),
+        (("--device", "tpu"), ["unknown device 'tpu'"]),
+        (("--device", "mps"), ["device 'mps' is not available"]),
+    ]  # fmt: skip
+    for options, fragments in cases:
+        code, _, err = run_cli("eval", model, "--baseline", model, *options)
+        assert_one_line_error(code, err, *fragments)
+
+
+def test_the_device_is_checked_before_cached_results_are_reused(
+    run_cli, tiny_artifact, tiny_model_dir, monkeypatch
+):
+    baseline = tiny_model_dir("llama")
+    args = ("eval", tiny_artifact, "--baseline", baseline, "--suite", "quick", "--metrics", "ppl",
+            "--max-tokens", "512")  # fmt: skip
+    assert run_cli(*args)[0] == 0
+    code, _, err = run_cli(*args)
+    assert code == 0 and "reusing eval.json" in err and "baseline: reusing cached scores" in err
+    _forbid(monkeypatch, *MODEL_WORK)
+    code, _, err = run_cli(*args, "--device", "tpu")
+    assert_one_line_error(code, err, "unknown device 'tpu'")
+    if not torch.cuda.is_available():
+        code, _, err = run_cli(*args, "--device", "cuda")
+        assert_one_line_error(code, err, "CUDA is not available")
+
+
+def _poisoned(model, target, name: str, value: float):
+    shutil.copytree(model, target)
+    weights = load_file(target / "model.safetensors")
+    weights[name][0, 0] = value
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+def test_nan_or_inf_weights_are_refused_before_scoring_and_scanned_only_when_scored(
+    run_cli, tiny_model_dir, tiny_artifact, tmp_path, monkeypatch
+):
+    model = tiny_model_dir("llama")
+    nan = _poisoned(model, tmp_path / "nan", "model.layers.0.mlp.down_proj.weight", float("nan"))
+    inf = _poisoned(model, tmp_path / "inf", "model.layers.1.self_attn.o_proj.weight", float("inf"))
+    quick = ("--suite", "quick", "--metrics", "ppl,kld", "--max-tokens", "512")
+    scans: list[str] = []
+    original = quantize_cast.check_finite_files
+    monkeypatch.setattr(quantize_cast, "check_finite_files", lambda d: scans.append(d) or original(d))
+
+    with monkeypatch.context() as scoring:
+        _forbid(scoring, "load_for_eval", "score_pass", "write_baseline_store")
+        code, _, err = run_cli("eval", nan, "--baseline", model, *quick)
+        assert_one_line_error(
+            code, err, f"cannot score '{nan}'", "'model.layers.0.mlp.down_proj.weight'", "NaN"
+        )
+        code, _, err = run_cli("eval", model, "--baseline", inf, *quick, "--no-cache")
+        assert_one_line_error(
+            code, err, f"'{inf}'", "'model.layers.1.self_attn.o_proj.weight' has NaN or Inf"
+        )
+
+    scans.clear()
+    assert run_cli("eval", tiny_artifact, "--baseline", model, *quick, "--no-cache")[0] == 0
+    assert sorted(map(str, scans)) == sorted([str(tiny_artifact), str(model)])  # both scored: both scanned
+    scans.clear()
+    code, _, err = run_cli("eval", tiny_artifact, "--baseline", model, *quick)
+    assert code == 0 and "reusing eval.json" in err
+    assert scans == []  # unchanged weights with cached results: nothing read
+
+
+def test_compare_refuses_malformed_result_files(run_cli, tmp_path):
+    cases = {
+        "list.json": ("[1, 2]", "neither an eval report"),
+        "empty.json": ('{"entries": {}}', "holds no results"),
+        "no-result.json": ('{"entries": {"k": {"baseline": null}}}', "missing key 'result'"),
+        "bad-report.json": ('{"results": [{"name": "x"}]}', "not a valid eval report (suite: Field required"),
+        "bad-baseline.json": ('{"suite": "s", "suite_sha256": "0", "baseline": 3}', "baseline"),
+    }
+    for name, (text, fragment) in cases.items():
+        (tmp_path / name).write_text(text)
+        code, _, err = run_cli("compare", tmp_path / name)
         assert_one_line_error(code, err, fragment)
 
 

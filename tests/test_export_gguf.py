@@ -5,7 +5,6 @@ CI builds it and sets COMPRESS_REQUIRE_LLAMA_CPP=1, which turns its absence into
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 
 import numpy as np
@@ -16,16 +15,6 @@ from conftest import STORIES_MODEL, TINYSTORIES_TEXT, assert_one_line_error
 from compress import llamacpp
 from compress.artifact import read_manifest
 from compress.modeling import resolve_model
-
-
-@pytest.fixture
-def llama_cpp():
-    if not llamacpp.available():
-        if os.environ.get("COMPRESS_REQUIRE_LLAMA_CPP"):
-            pytest.fail("llama.cpp is required here (COMPRESS_REQUIRE_LLAMA_CPP) but does not import")
-        pytest.skip("llama.cpp is not built here (make llama-cpp)")
-    return llamacpp.binding()
-
 
 #: Models beyond stories260K: the demo model trains (once per cache) and SmolLM2 is 135M parameters,
 #: so their cases stay out of the fast tier.
@@ -265,3 +254,211 @@ def test_an_importance_matrix_from_our_calibration_improves_llama_cpps_k_quants(
     assert code == 0, err
     without, with_imatrix = (r["metrics"]["kld"]["mean"] for r in json.loads(report.read_text())["results"])
     assert with_imatrix < 0.95 * without
+
+
+# --- what llama.cpp would not run as the source does, and options that would do nothing ----------
+
+
+def _tiny_llama(tmp_path, tokenizer_dir, name: str, **overrides):
+    """A random tiny Llama (conftest's shape) with `overrides` in its config, and the 300-token
+    tokenizer whatever its embedding's row count."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    shape |= dict(num_key_value_heads=2, max_position_embeddings=128, vocab_size=300)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**(shape | overrides)))
+    path = tmp_path / name
+    model.save_pretrained(path)
+    for file in tokenizer_dir.iterdir():
+        (path / file.name).write_bytes(file.read_bytes())
+    return path
+
+
+def _refused_before_loading(monkeypatch) -> None:
+    """Make any weight load a test failure: the refusals below come from the config files alone."""
+    import compress.export.runner
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("loaded the weights of a model the config files already refuse")
+
+    monkeypatch.setattr(compress.export.runner, "_load", never)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_a_llama_whose_mlp_is_not_silu_is_refused(
+    activation, run_cli, tiny_tokenizer_dir, tmp_path, monkeypatch
+):
+    """llama.cpp's `llama` graph hard-codes SiLU: a GELU Llama would run, silently, as another model."""
+    model = _tiny_llama(tmp_path, tiny_tokenizer_dir, activation, hidden_act=activation)
+    _refused_before_loading(monkeypatch)
+    code, _, err = run_cli("export", "gguf", model, "--type", "f16", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "SiLU", f"'{activation}'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_longer_than_the_embedding_is_refused(run_cli, tiny_tokenizer_dir, tmp_path, monkeypatch):
+    """300 tokens over 256 embedding rows: llama.cpp sizes token_embd from the token list and
+    refuses the file ("wrong shape"), and tokens 256… have no embedding anyway."""
+    model = _tiny_llama(tmp_path, tiny_tokenizer_dir, "short", vocab_size=256)
+    _refused_before_loading(monkeypatch)
+    code, _, err = run_cli("export", "gguf", model, "--type", "f16", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "44 token(s) at ids past the model's 256 embedding rows", "= 256")
+    assert not (tmp_path / "out").exists()
+
+
+def test_llama_cpp_loads_a_padded_vocabulary_and_refuses_a_longer_one(
+    llama_cpp, tiny_tokenizer_dir, tmp_path
+):
+    """Why the line is drawn where it is: a token list padded to the embedding's 320 rows loads and
+    runs as transformers does, while one longer than the embedding (written here past our own
+    check) is a file llama.cpp will not load."""
+    from transformers import AutoModelForCausalLM
+
+    from compress.export import vocab as vocab_module
+    from compress.export.runner import export_gguf
+    from compress.export.writer import write_gguf
+
+    padded = _tiny_llama(tmp_path, tiny_tokenizer_dir, "padded", vocab_size=320)
+    gguf = _gguf(export_gguf(padded, tmp_path / "padded-f32", type="f32"))
+    reference = AutoModelForCausalLM.from_pretrained(padded, dtype=torch.float32).eval()
+    runtime = llamacpp.LlamaCppCausalLM(gguf, reference.config, threads=1, kv_type="f32")
+    ids = torch.randint(0, 300, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert (runtime(ids).logits - reference(ids).logits).abs().max() < 1e-4
+    short = _tiny_llama(tmp_path, tiny_tokenizer_dir, "short", vocab_size=256)
+    model = AutoModelForCausalLM.from_pretrained(short, dtype=torch.float32)
+    data = json.loads((short / "tokenizer.json").read_text())
+    tokens = {index: text for text, index in data["model"]["vocab"].items()}
+    tokens |= {added["id"]: added["content"] for added in data["added_tokens"]}
+    vocab = vocab_module.read_vocab(padded, 300)  # every one of the 300 tokens
+    assert len(vocab.tokens) == 300 and vocab.tokens == [tokens[i] for i in range(300)]
+    bad = tmp_path / "longer.gguf"
+    write_gguf(model, vocab, bad, float_type="F32", lossless=None, file_type=0, name="longer")
+    with pytest.raises(Exception):  # noqa: B017 - the binding raises ValueError, versions differ
+        llama_cpp.Llama(model_path=str(bad), verbose=False)
+
+
+CALIBRATION_REFUSALS = {
+    "calib with a float type": (("--type", "f16", "--calib", TINYSTORIES_TEXT), "--calib", "--type f16"),
+    "threads with a float type": (("--type", "f32", "--threads", "2"), "--threads", "--type f32"),
+    "seq-len without calib": (("--type", "bf16", "--seq-len", "128"), "--seq-len", "without --calib"),
+    "seed without calib": (("--type", "q8_0", "--seed", "3"), "--seed", "without --calib"),
+    "calib-samples without calib": (("--type", "q4_k_m", "--calib-samples", "8"), "--calib-samples"),
+}
+
+
+@pytest.mark.parametrize("case", CALIBRATION_REFUSALS)
+def test_options_that_would_do_nothing_are_refused(case, run_cli, tmp_path):
+    options, *fragments = CALIBRATION_REFUSALS[case]
+    code, _, err = run_cli("export", "gguf", STORIES_MODEL, *options, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_calib_for_a_packed_artifact_is_refused(run_cli, tiny_model_dir, tmp_path, monkeypatch):
+    """A packed artifact's Q4_0 blocks go over as they are, so no importance matrix is ever read."""
+    artifact = tmp_path / "rtn"
+    code, _, err = run_cli(
+        "quantize", tiny_model_dir("llama"), "-m", "rtn", "--bits", "4", "--sym", "--group-size", "32",
+        "--out", artifact,
+    )  # fmt: skip
+    assert code == 0, err
+    _refused_before_loading(monkeypatch)
+    code, _, err = run_cli(
+        "export", "gguf", artifact, "--type", "q4_0", "--calib", TINYSTORIES_TEXT, "--out", tmp_path / "out"
+    )
+    assert_one_line_error(code, err, "--calib", "packed artifact's q4_0 blocks")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_recipes_calibration_reaches_only_export_stages_that_read_it():
+    """A recipe's `data.calib` is offered to every stage: an export to a float type takes none of it
+    (it would refuse it), one that runs llama.cpp's quantizer takes all of it."""
+    from compress.export.config import ExportConfig
+    from compress.export.technique import EXPORT
+    from compress.technique import RecipeData
+
+    data = RecipeData(calib="text.txt", samples=8, seq_len=64, seed=1)
+    as_f16 = EXPORT.stage_options(ExportConfig(type="f16"), data)
+    assert (as_f16.calib, as_f16.calib_samples, as_f16.seq_len, as_f16.seed) == (None, None, None, None)
+    as_q4 = EXPORT.stage_options(ExportConfig(type="q4_k_m"), data)
+    assert (as_q4.calib, as_q4.calib_samples, as_q4.seq_len, as_q4.seed) == ("text.txt", 8, 64, 1)
+    assert ExportConfig(type="q4_k_m", calib="t.txt").seq_len == 512  # the default, once calib is given
+    assert EXPORT.stage_options(ExportConfig(type="q4_k_m"), RecipeData()).calib is None
+
+
+def test_a_quiet_export_prints_nothing_on_stderr(llama_cpp, tmp_path, capfd):
+    """llama.cpp's C code logs to stderr itself (quantizer and loader warnings); without --verbose
+    none of it gets through, so --quiet prints the artifact's path and nothing else."""
+    from compress import cli, console
+
+    out = tmp_path / "q4"
+    try:
+        code = cli.main(
+            ["--quiet", "export", "gguf", str(STORIES_MODEL), "--type", "q4_k_m", "--out", str(out)]
+        )
+    finally:
+        console.mode.quiet = False
+        __import__("logging").disable(__import__("logging").NOTSET)
+    captured = capfd.readouterr()
+    assert code == 0 and captured.out.strip() == str(out)
+    assert captured.err == ""
+    _gguf(out)
+
+
+def test_inspect_takes_one_gguf_and_refuses_a_folder_of_several(run_cli, tmp_path):
+    """`inspect` reads a folder as a model source does: one .gguf is described, several are one line
+    asking for one of them, and a .gguf file itself can be inspected."""
+    first = _export(run_cli, STORIES_MODEL, tmp_path / "f16", "--type", "f16")
+    code, out, err = run_cli("--json", "inspect", first.parent)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["is_artifact"] and info["weight_files"] == [first.name]
+    second = first.parent / "copy.gguf"
+    second.write_bytes(first.read_bytes())
+    code, _, err = run_cli("inspect", first.parent)
+    assert_one_line_error(code, err, "holds several GGUF files", "copy.gguf", "f16.gguf", "pass one of them")
+    code, out, err = run_cli("--json", "inspect", second)
+    info = json.loads(out)
+    assert code == 0 and info["path"] == str(second) and not info["is_artifact"]  # not the export's file
+    assert info["disk_bytes"] == second.stat().st_size
+    code, out, err = run_cli("--json", "inspect", first)
+    assert code == 0 and json.loads(out)["is_artifact"]
+
+
+def test_tokenizers_match_across_a_gguf_vocabulary_padded_to_the_embedding(tiny_tokenizer_dir):
+    """A GGUF holds one token per embedding row, so transformers reads a padded model's GGUF back
+    with `[PAD300]`… placeholders the original tokenizer lacks; they are special, at ids it leaves
+    empty, and tokenize nothing, so KLD stays comparable. Any other difference still counts."""
+    from transformers import AutoTokenizer
+
+    from compress.modeling import tokenizers_match
+
+    original = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    padded = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    padded.add_special_tokens({"additional_special_tokens": [f"[PAD{i}]" for i in range(300, 320)]})
+    probe = "def function_3(x):\n    return x * 3 + 3"
+    assert tokenizers_match(original, padded, probe) and tokenizers_match(padded, original, probe)
+    ordinary = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    ordinary.add_tokens(["function_3"])  # an ordinary added token changes how text tokenizes
+    assert not tokenizers_match(original, ordinary, probe)
+    widened = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    widened.add_tokens(["zzz"])  # id 300 taken by an ordinary token: [PAD300] is no placeholder there
+    assert not tokenizers_match(widened, padded, probe) and not tokenizers_match(padded, widened, probe)
+
+
+def test_a_padded_vocabulary_gguf_is_scored_with_kld_every_time(run_cli, tiny_tokenizer_dir, tmp_path):
+    """An embedding with 20 rows past its tokenizer exports with placeholder tokens; `eval` scores
+    the GGUF's KLD against the original (it was skipped as "tokenizer differs"), on each run."""
+    padded = _tiny_llama(tmp_path, tiny_tokenizer_dir, "padded", vocab_size=320)
+    _export(run_cli, padded, tmp_path / "f32", "--type", "f32")
+    for attempt in range(2):
+        report = tmp_path / f"report{attempt}.json"
+        code, _, err = run_cli(
+            "eval", tmp_path / "f32", "--baseline", padded, "--suite", "quick", "--data", TINYSTORIES_TEXT,
+            "--seq-len", "64", "--max-tokens", "1024", "--metrics", "ppl,kld", "--json", report,
+        )  # fmt: skip
+        assert code == 0, err
+        (result,) = json.loads(report.read_text())["results"]
+        assert not result.get("skipped") and result["metrics"]["kld"]["mean"] < 1e-3

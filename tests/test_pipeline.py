@@ -74,6 +74,22 @@ def test_every_shipped_recipe_validates_and_says_what_it_is_for():
         ("model: builtin", "modle: builtin", 3, ["unknown key 'modle'", "did you mean 'model'"]),
         ("  - name: int4\n", "  - name: fp16\n", 9, ["stages[1].name", "'fp16'", "unique"]),
         ("name: t\n", "name: t\nname: u\n", 3, ["key 'name' is given twice"]),
+        # gates are checked against the keys the metrics and tasks will write, before any stage
+        ('"same_top1>=0.5"', '"kld.meen<=0.1"', 15, ["eval.gates[0]", "'kld' has no key 'meen'", "'mean'"]),
+        ("[ppl, kld, size]", "[ppl, size]", 15, ["eval.gates[0]", "which gives same_top1) is not measured"]),
+        ("[ppl, kld, size]", "[]", 14, ["eval.metrics", "no metrics to measure"]),
+        (
+            "{name: fp16, quantize: {method: fp16}}",
+            "{name: fp16, quantize: {method: fp16}, gates: ['tasks.*.recovery>=0.9']}",
+            8,
+            ["stages[0].gates[0]", "metric 'tasks' is not measured (metrics: ppl, kld, size)"],
+        ),
+        (
+            "    quantize: {method: rtn, bits: 4}\n",
+            "    quantize: {method: rtn, bits: 4}\n    gates: ['size.bits<=5']\n",
+            12,
+            ["stages[1].gates[0]", "'size' has no key 'bits'", "bits_per_weight"],
+        ),
     ],
 )
 def test_schema_errors_name_the_field_and_the_line(run_cli, tmp_path, old, new, line, fragments):
@@ -81,6 +97,41 @@ def test_schema_errors_name_the_field_and_the_line(run_cli, tmp_path, old, new, 
     path = write(tmp_path, RECIPE.replace(old, new))
     code, _, err = run_cli("run", path, "--dry-run")
     assert_one_line_error(code, err, f"{path}:{line}: ", *fragments)
+
+
+#: Edits of RECIPE whose gates name what the recipe will not measure (or never check).
+BAD_GATE_EDITS = [
+    (
+        {"[ppl, kld, size]": "[ppl, kld, speed, cost]", '"same_top1>=0.5"': '"cost.usd_per_1m_tokens<=1"'},
+        ["eval.gates[0]", "'cost' needs the speed metric and a price per hour"],
+    ),
+    (
+        {
+            "suite: quick": "suite: quick\n  baseline: fp16",
+            "method: fp16}}": "method: fp16}, gates: [ppl<=9]}",
+        },
+        ["stages[0].gates", "stage 'fp16' is the eval baseline", "never be checked"],
+    ),
+    (
+        {
+            "[ppl, kld, size]": "[ppl, tasks]\n  tasks: [stdlib_next_line]",
+            '"same_top1>=0.5"': '"tasks.x.score>=0"',
+        },
+        ["eval.gates[0]", "task 'x' is not among the requested tasks", "stdlib_next_line"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("edits", "fragments"), BAD_GATE_EDITS)
+def test_recipe_gates_are_checked_before_any_stage_runs(run_cli, tmp_path, edits, fragments):
+    text = RECIPE
+    for old, new in edits.items():
+        assert old in text
+        text = text.replace(old, new)
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli("run", write(tmp_path, text), "--out", run_dir)
+    assert_one_line_error(code, err, *fragments)
+    assert not run_dir.exists()
 
 
 def test_override_errors_are_one_line(run_cli, tmp_path):

@@ -216,3 +216,72 @@ def test_default_calibration_count_takes_what_a_short_text_holds(demo, tmp_path,
     )  # fmt: skip
     assert_one_line_error(code, err, "fewer than 128 windows of 64 tokens")
     assert not (tmp_path / "b").exists()
+
+
+# --- issue 26: an option the method does not use is refused, not recorded and ignored ----------------
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"method": "rtn", "group_fallback": True}, "--group-fallback only changes an explicit --group-size"),
+        ({"method": "gptq", "group_size": -1, "group_fallback": True}, "is -1 (whole rows)"),
+        ({"method": "rtn", "act_order": True}, "--act-order has no effect with --method rtn"),
+        ({"method": "awq", "act_order": False}, "--act-order has no effect with --method awq"),
+        ({"method": "fp16", "calib": CALIBRATION}, "--calib has no effect with --method fp16"),
+        ({"method": "int8", "calib_samples": 8}, "--calib-samples has no effect"),
+        ({"method": "rtn", "calib_dtype": "float32"}, "--calib-dtype has no effect"),
+        ({"method": "nf4", "seq_len": 256}, "--seq-len has no effect with --method nf4"),
+        ({"method": "rtn", "seed": 1}, "--seed has no effect with --method rtn"),
+        ({"method": "awq", "damp_percent": 0.05}, "--damp-percent has no effect with --method awq"),
+        ({"method": "gptq", "double_quant": True}, "--double-quant has no effect with --method gptq"),
+        ({"method": "int8", "compute_dtype": "float32"}, "--compute-dtype has no effect with --method int8"),
+        ({"method": "fp4", "sym": False}, "--sym/--asym has no effect with --method fp4"),
+        ({"method": "int8", "group_size": 64}, "--group-size has no effect with --method int8"),
+        ({"method": "bf16", "keep_dtype": True}, "--keep-dtype has no effect with --method bf16"),
+    ],
+    ids=str,
+)
+def test_an_option_the_method_does_not_use_is_refused(options, fragment):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        QuantizeConfig(**options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"bits": 4},
+        {"method": "gptq", "act_order": False, "damp_percent": 0.05, "calib_dtype": "float32", "seed": 2},
+        {"method": "awq", "sym": True, "calib": CALIBRATION, "calib_samples": 8},
+        {"method": "rtn", "group_size": 32, "group_fallback": True, "sym": False, "keep_dtype": True},
+        {"method": "rtn", "seq_len": 256},  # the quality tests' shared helper does this
+        {"method": "nf4", "double_quant": True, "compute_dtype": "float16"},
+        {"method": "int8"},
+    ],
+    ids=str,
+)
+def test_options_a_method_uses_validate_and_survive_a_round_trip(options):
+    """The CLI and recipes validate a config, then the library validates its dump again."""
+    config = QuantizeConfig(**options)
+    assert QuantizeConfig.model_validate(config.model_dump()) == config
+
+
+def test_act_order_is_gptqs_default_and_no_other_methods_value():
+    assert QuantizeConfig(method="gptq").act_order is True
+    assert QuantizeConfig(bits=4).act_order is True  # --bits 4 is gptq
+    assert QuantizeConfig(method="rtn").act_order is None
+    assert QuantizeConfig(method="awq").act_order is None
+
+
+def test_a_method_that_does_not_calibrate_records_calib_dtype_auto():
+    """Resolving `auto` for rtn would record a dtype it never used, and one its own check refuses."""
+    config = QuantizeConfig(method="rtn").for_device(torch.device("cpu"))
+    assert config.calib_dtype == "auto"
+    assert QuantizeConfig.model_validate(config.model_dump()) == config
+    assert QuantizeConfig(method="gptq").for_device(torch.device("cpu")).calib_dtype in (
+        "bfloat16",
+        "float32",
+    )

@@ -53,7 +53,9 @@ def test_wanda_beats_magnitude_on_a_trained_model_at_the_sparsity_asked(run_cli,
     for importance in ("wanda", "magnitude"):
         outs[importance] = tmp_path / importance
         args = ["sparsify", STORIES_MODEL, "--importance", importance, "--pattern", pattern]
-        args += ["--calib", TINYSTORIES_TEXT, "--calib-samples", "32", "--out", outs[importance]]
+        if importance == "wanda":  # magnitude reads no data, and refuses calibration options
+            args += ["--calib", TINYSTORIES_TEXT, "--calib-samples", "32"]
+        args += ["--out", outs[importance]]
         code, _, err = run_cli(*args)
         assert code == 0, err
     manifest = read_manifest(outs["wanda"])
@@ -71,3 +73,49 @@ def test_n_of_m_needs_widths_it_divides(run_cli, tmp_path):
     code, _, err = run_cli("sparsify", STORIES_MODEL, "--pattern", "4:8", "--out", tmp_path / "o")
     assert_one_line_error(code, err, "--pattern 4:8 needs input widths divisible by 8")
     assert not (tmp_path / "o").exists()
+
+
+# --- issue 26: the sparsity recorded is the sparsity made; options magnitude cannot use are refused -----
+
+
+@pytest.mark.parametrize(("pattern", "made"), [("unstructured", 0.5), ("2:4", 0.5), ("4:8", 0.5)])
+def test_the_pattern_decides_the_sparsity_when_none_is_given(pattern, made):
+    config = SparsifyConfig(pattern=pattern)
+    assert config.sparsity == made == config.effective_sparsity
+    assert SparsifyConfig.model_validate(config.model_dump()) == config  # what recipes and manifests do
+
+
+def test_an_explicit_sparsity_equal_to_the_patterns_is_accepted():
+    assert SparsifyConfig(pattern="2:4", sparsity=0.5).sparsity == 0.5
+    assert SparsifyConfig(sparsity=0.3).effective_sparsity == 0.3  # unstructured takes any
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.7, "0.3"])
+def test_an_explicit_sparsity_that_disagrees_with_the_pattern_is_refused(sparsity):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="disagrees with --pattern 2:4, which zeroes 0.5"):
+        SparsifyConfig(pattern="2:4", sparsity=sparsity)
+
+
+@pytest.mark.parametrize(
+    "options", [{"calib": "x.txt"}, {"calib_samples": 8}, {"seq_len": 128}, {"seed": 3}], ids=str
+)
+def test_calibration_options_are_refused_with_magnitude(options):
+    from pydantic import ValidationError
+
+    SparsifyConfig(importance="wanda", **options)  # Wanda reads them
+    with pytest.raises(ValidationError, match="has no effect with --importance magnitude"):
+        SparsifyConfig(importance="magnitude", **options)
+
+
+def test_cli_refuses_a_disagreeing_sparsity_and_records_the_made_one(run_cli, tmp_path):
+    out = tmp_path / "o"
+    code, _, err = run_cli("sparsify", STORIES_MODEL, "--pattern", "2:4", "--sparsity", "0.3", "--out", out)
+    assert_one_line_error(code, err, "--sparsity 0.3 disagrees with --pattern 2:4")
+    assert not out.exists()
+    code, _, err = run_cli("sparsify", STORIES_MODEL, "--pattern", "2:4", "--importance", "magnitude",
+                           "--out", out)  # fmt: skip
+    assert code == 0, err
+    manifest = read_manifest(out)
+    assert manifest.parameters["sparsity"] == 0.5 == manifest.extra["sparsity"]["target"]

@@ -13,9 +13,22 @@ import time
 import pytest
 
 from compress.errors import CompressError
-from compress.staging import OWNER_FILE, UNOWNED_GRACE_SECONDS, _start_time, staged_directory
+from compress.ownership import OWNER_FILE, RETIRED_FILE
+from compress.staging import _start_time, staged_directory
 
 MARKER = "done.txt"
+#: The record of a run that is gone (no process has this pid).
+DEAD = {"host": socket.gethostname(), "pid": 2**22 + 7, "start": "1"}
+
+
+def _retired(tmp_path, name: str, content: str, target: str | None = "out") -> object:
+    """A directory moved aside by a --force replace of `target` (None: a user's look-alike)."""
+    directory = tmp_path / name
+    directory.mkdir()
+    (directory / MARKER).write_text(content)
+    if target is not None:
+        (directory / RETIRED_FILE).write_text(json.dumps({**DEAD, "target": target}))
+    return directory
 
 
 def _staging(tmp_path, name: str, owner: dict | None) -> object:
@@ -37,13 +50,13 @@ def test_only_staging_whose_owner_is_gone_is_removed(tmp_path):
         recycled = _staging(tmp_path, "recycled", {"host": host, "pid": sleeper.pid, "start": "0"})
         other_host = _staging(tmp_path, "remote", {"host": host + "-elsewhere", "pid": 1, "start": "1"})
         fresh_unowned = _staging(tmp_path, "fresh", None)
-        old_unowned = _staging(tmp_path, "old", None)
-        past = time.time() - UNOWNED_GRACE_SECONDS - 60
+        old_unowned = _staging(tmp_path, "keep", None)  # a user's folder named like ours, however old
+        past = time.time() - 30 * 86400
         os.utime(old_unowned, (past, past))
         with staged_directory(tmp_path / "out", marker=MARKER) as staging:
             (staging / MARKER).write_text("ok")
-        assert live.exists() and other_host.exists() and fresh_unowned.exists()
-        assert not dead.exists() and not recycled.exists() and not old_unowned.exists()
+        assert live.exists() and other_host.exists() and fresh_unowned.exists() and old_unowned.exists()
+        assert not dead.exists() and not recycled.exists()
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -53,16 +66,14 @@ def test_only_staging_whose_owner_is_gone_is_removed(tmp_path):
 
 def test_a_replace_killed_between_its_renames_is_restored(tmp_path, capsys):
     """The kill left the old directory at OUT.old-* and nothing at OUT: the next run restores it."""
-    retired = tmp_path / "out.old-1234abcd"
-    retired.mkdir()
-    (retired / MARKER).write_text("old")
+    retired = _retired(tmp_path, "out.old-1234abcd", "old")
     with (
         pytest.raises(CompressError, match="already exists; pass --force"),
         staged_directory(tmp_path / "out", marker=MARKER),
     ):
         pass
     assert (tmp_path / "out" / MARKER).read_text() == "old"
-    assert not retired.exists()
+    assert not retired.exists() and not (tmp_path / "out" / RETIRED_FILE).exists()
     assert "restored" in capsys.readouterr().err
 
 
@@ -70,14 +81,60 @@ def test_a_replace_killed_after_its_renames_is_tidied(tmp_path, capsys):
     """The new directory is in place and the old one was not yet removed: the leftover goes."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / MARKER).write_text("new")
-    retired = tmp_path / "out.old-1234abcd"
-    retired.mkdir()
-    (retired / MARKER).write_text("old")
+    retired = _retired(tmp_path, "out.old-1234abcd", "old")
     with staged_directory(tmp_path / "out", force=True, marker=MARKER) as staging:
         (staging / MARKER).write_text("newer")
     assert (tmp_path / "out" / MARKER).read_text() == "newer"
     assert not retired.exists()
     assert "removed" in capsys.readouterr().err
+
+
+def test_look_alikes_without_our_record_are_never_touched(tmp_path, capsys):
+    """A user's `out.old-v1` (even holding our marker), another target's retired copy, and a
+    retired copy of a live run are left alone, whether `out` exists or not."""
+    backup = _retired(tmp_path, "out.old-v1", "user's backup", target=None)
+    other = _retired(tmp_path, "out.old-2", "another target's", target="elsewhere")
+    with staged_directory(tmp_path / "out", marker=MARKER) as staging:
+        (staging / MARKER).write_text("new")
+    assert (tmp_path / "out" / MARKER).read_text() == "new"
+    assert (backup / MARKER).read_text() == "user's backup" and (other / MARKER).is_file()
+    assert capsys.readouterr().err == ""
+
+
+def test_force_replaces_only_a_directory_we_wrote(tmp_path):
+    """A folder of the user's files at `out` is refused, with or without --force; an empty one or
+    one holding our marker is replaced."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with (
+        pytest.raises(CompressError, match="did not write"),
+        staged_directory(out, force=True, marker=MARKER),
+    ):
+        pass
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    with staged_directory(out, force=True, marker=MARKER) as staging:
+        (staging / MARKER).write_text("new")
+    with staged_directory(out, force=True, marker=MARKER) as staging:
+        (staging / MARKER).write_text("newer")
+    assert (out / MARKER).read_text() == "newer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_force_over_a_symlinked_out_is_refused_and_leaves_the_link(tmp_path):
+    target = tmp_path / "real"
+    target.mkdir()
+    (target / MARKER).write_text("ours")
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    with (
+        pytest.raises(CompressError, match="symbolic link"),
+        staged_directory(link, force=True, marker=MARKER),
+    ):
+        pass
+    assert link.is_symlink() and (target / MARKER).read_text() == "ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "real"]
 
 
 WRITER = textwrap.dedent(

@@ -69,6 +69,25 @@ class GenerateConfig(BaseModel):
     def _zero_is_whole(cls, value: Any) -> Any:
         return None if value == 0 else value
 
+    @model_validator(mode="after")
+    def _sampling_applies(self) -> GenerateConfig:
+        """Greedy decoding reads no sampling option and gives one completion per prompt: a sampling
+        option given with it would be recorded and change nothing (and several completions per
+        prompt would fail in the middle of generation)."""
+        if not self.do_sample:
+            for name, default in (("sampling_temperature", 1.0), ("top_p", 1.0)):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} has no effect with --greedy (one deterministic "
+                        "completion per prompt); leave it out, or use --sample"
+                    )
+            if self.samples_per_prompt != 1:
+                raise ValueError(
+                    f"--samples-per-prompt {self.samples_per_prompt} needs --sample: greedy decoding "
+                    "gives one completion per prompt"
+                )
+        return self
+
 
 class TrainConfig(BaseModel):
     """Student training: the loss, the optimisation, checkpoints, and the final evaluation."""
@@ -131,10 +150,35 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        """Refuse an option the chosen loss, student or evaluation does not read: it would be
+        recorded in the manifest and change nothing (values are compared with the defaults, which
+        the command line passes for every flag not given)."""
         if self.teacher_logits == "offline" and self.loss == "ce":
             raise ValueError(
                 "--teacher-logits offline only matters for a KL loss; --loss ce needs no teacher"
             )
+        if self.alpha != 0.5 and self.loss != "kl+ce":
+            raise ValueError(
+                f"--alpha weighs KL against CE in --loss kl+ce; --loss {self.loss} uses "
+                f"{'KL' if self.loss == 'kl' else 'CE'} alone, so leave --alpha out"
+            )
+        if self.temperature != 1.0 and self.loss == "ce":
+            raise ValueError("--temperature softens the KL term; --loss ce has none, so leave it out")
+        if self.student_init != "teacher" and self.student_config is None:
+            raise ValueError(
+                "--student-init chooses how a --student-config student starts; without "
+                "--student-config it has no effect, so leave it out"
+            )
+        if not self.eval:
+            for name, given in (
+                ("suite", self.suite != "default"),
+                ("eval_data", self.eval_data is not None),
+            ):
+                if given:
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} chooses the final evaluation, which --no-eval "
+                        "skips; leave one of them out"
+                    )
         return self
 
     def resume_key(self) -> dict[str, object]:

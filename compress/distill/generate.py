@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from compress import console
-from compress.artifact import check_output_path, write_text_atomic
+from compress.artifact import write_text_atomic
 from compress.distill.config import GenerateConfig
 from compress.distill.dataset import GENERATION_FILE, SHARDS_DIR, load_generations
 from compress.distill.engines import CompletionEngine, check_engine, open_engine
@@ -38,6 +38,7 @@ from compress.modeling import (
     resolve_model,
 )
 from compress.options import parse_options
+from compress.ownership import check_output_dir, command_inputs
 from compress.version import __version__
 
 FORMAT = "compress-generations"
@@ -135,9 +136,10 @@ def _prepare_output(out: Path, request: dict[str, Any], force: bool) -> dict[str
     if meta is not None and meta.get("request") == request:  # same content: reuse or resume, even with force
         return meta if meta.get("finished") else None
     if out.exists() and any(out.iterdir()):
+        if meta is None or meta.get("format") != FORMAT:  # not ours: never removed, even with --force
+            raise CompressError(f"'{out}' holds other files; choose another directory for the generations")
         if not force:
-            what = "generations made with different parameters" if meta else "other files"
-            raise CompressError(f"'{out}' holds {what}; pass --force to replace it")
+            raise CompressError(f"'{out}' holds generations made with different parameters; pass --force")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(
@@ -246,7 +248,7 @@ def generate(
     check_engine(config)
     source = resolve_model(teacher)
     out = Path(out)
-    check_output_path(out, force=True, inputs=(source.path,))
+    check_output_dir(out, force=True, inputs=command_inputs(source, options=config), marker=GENERATION_FILE)
     reject_quantized(source, trust_remote_code)
     tokenizer = load_tokenizer(source, trust_remote_code)
     _check_topk(tokenizer, config)

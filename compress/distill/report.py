@@ -38,7 +38,8 @@ def distillation_suite(config: TrainConfig):
     from compress.evaluate.suite import load_suite
 
     suite = load_suite(config.suite)
-    overrides: dict[str, Any] = {"metrics": ["ppl", "kld"], "tasks": []}
+    # ppl and KLD only: the suite's own gates (on speed, tasks, …) judge `compress eval`, not this report.
+    overrides: dict[str, Any] = {"metrics": ["ppl", "kld"], "tasks": [], "gates": []}
     if config.eval_data is not None:
         overrides["data"] = config.eval_data
     suite = suite.model_copy(update=overrides).check()

@@ -17,7 +17,7 @@ from typing import Any
 from compress.distill.config import DistillConfig, GenerateConfig, TrainConfig
 from compress.distill.dataset import GENERATION_FILE
 from compress.distill.generate import generate
-from compress.distill.train import check_training_request, default_work_dir, train
+from compress.distill.train import check_training_request, check_work_dir, default_work_dir, train
 from compress.errors import CompressError
 from compress.options import parse_options
 
@@ -47,6 +47,7 @@ def distill(
         raise CompressError("--teacher-logits offline needs the teacher's top-k stored: add --store-topk K")
     _, _, out_path, _ = check_training_request(teacher, student, out, training, force, trust_remote_code)
     work = Path(work_dir) if work_dir is not None else default_work_dir(out_path)
+    check_work_dir(work)
     data = Path(generations) if generations is not None else work / "generations"
     if _process_rank() == 0:
         generate(

@@ -25,7 +25,6 @@ from compress.artifact import (
     DENSE_FORMAT,
     Manifest,
     api_call,
-    check_output_path,
     new_manifest,
     publish,
     save_model_files,
@@ -47,6 +46,7 @@ from compress.modeling import (
     stored_dtype,
 )
 from compress.options import parse_options
+from compress.ownership import check_output_dir, check_workspace, command_inputs, data_paths
 from compress.staging import staged_directory
 from compress.telemetry import PhaseTimer
 
@@ -136,6 +136,21 @@ def _say_skipped(incomplete: list[str]) -> None:
         console.notice(f"skipping {name}: it was not completely written (the run was stopped)")
 
 
+#: What a distillation keeps in its work directory (`OUT.work`); the generations come from `distill`.
+WORK_ENTRIES = (CHECKPOINTS, INITIAL, FINAL, RUN_RECORD, "generations")
+
+
+def check_work_dir(work: Path) -> None:
+    """The work directory holds only a distillation's own entries: a user's folder that happens to be
+    named `OUT.work` is refused, since starting over removes checkpoints from it."""
+    check_workspace(
+        work,
+        (),
+        lambda path: path.name in WORK_ENTRIES or path.name.startswith(f".{RUN_RECORD}.tmp-"),
+        what="the work directory",
+    )
+
+
 def _prepare_work_dir(
     work: Path, record: dict[str, Any], resume: bool, force: bool, is_main: bool
 ) -> str | None:
@@ -143,6 +158,7 @@ def _prepare_work_dir(
 
     `--force` starts over where the checkpoints cannot be resumed; without it that is an error.
     """
+    check_work_dir(work)
     last, incomplete = _last_checkpoint(work / CHECKPOINTS)
     if last is not None and not resume:
         if not force:
@@ -200,6 +216,7 @@ def _publish(
     final: Path,
     out: Path,
     force: bool,
+    inputs: tuple[Path, ...],
     manifest: Manifest,
     tokenizer_dir: Path,
     dtype: torch.dtype,
@@ -214,11 +231,19 @@ def _publish(
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(final, dtype=dtype, use_safetensors=True)
-    with staged_directory(out, force) as staging:
+    with staged_directory(out, force, inputs=inputs) as staging:
         save_model_files(model, tokenizer_dir, staging)
         if evaluation is not None:
             manifest.extra["distillation"]["evaluation"] = evaluation(staging)
         publish(staging, manifest, model, dtype=dtype)
+
+
+def _inputs(
+    teacher: ModelSource, spec: StudentSpec, config: TrainConfig, data: object = None
+) -> tuple[Path, ...]:
+    """What a training run reads, which its output may not be, contain or lie inside."""
+    student = (spec.source,) if spec.source is not None else ()
+    return command_inputs(teacher, *student, options=config) + data_paths(data)
 
 
 def check_training_request(
@@ -237,8 +262,8 @@ def check_training_request(
     reject_quantized(teacher_source, trust_remote_code)
     teacher_tokenizer = load_tokenizer(teacher_source, trust_remote_code)
     out_path = Path(out) if out is not None else default_output(student, teacher_source)
-    check_output_path(out_path, force, inputs=(teacher_source.path,))
     spec = student_spec(teacher_source, teacher_tokenizer, student, config, trust_remote_code)
+    check_output_dir(out_path, force, _inputs(teacher_source, spec, config))
     if config.eval:
         from compress.distill.report import distillation_suite
 
@@ -351,7 +376,8 @@ def train(
         def evaluation(student_dir: Path) -> dict[str, Any]:
             return evaluate_distillation(teacher_source, initial, student_dir, config)
 
-    _publish(final, out_path, force, manifest, tokenizer_dir, dtype, evaluation)
+    inputs = _inputs(teacher_source, spec, config, data)
+    _publish(final, out_path, force, inputs, manifest, tokenizer_dir, dtype, evaluation)
     shutil.rmtree(work / CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)
     return out_path

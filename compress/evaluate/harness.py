@@ -1,8 +1,10 @@
 """The shared eval harness: score a baseline once, then every artifact the same way against it.
 
-Order of work, chosen so that mistakes surface before hours of compute: parse gates, check task
-names and metrics, resolve every model, tokenize the data; then evaluate the baseline (or reuse its
-cached result and log-probs), then each artifact (or reuse its `eval.json`).
+Order of work, chosen so that mistakes surface before hours of compute: check the device, the
+gates (against the keys the requested metrics will write), task names and metrics, resolve every
+model, tokenize the data, scan the weights of every model that will be scored for NaN/Inf; then
+evaluate the baseline (or reuse its cached result and log-probs), then each artifact (or reuse its
+`eval.json`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from compress import console
@@ -22,7 +25,7 @@ from compress.cache import cache_root
 from compress.data import TokenWindows, sequential_windows
 from compress.errors import CompressError
 from compress.evaluate.compare import comparison_rows, markdown_table
-from compress.evaluate.gates import check_gate, parse_gate
+from compress.evaluate.gates import SIZE_KEYS, SPEED_BASELINE_KEYS, check_gate, check_gates, parse_gate
 from compress.evaluate.loaders import GGUF_FORMAT, artifact_format, load_for_eval
 from compress.evaluate.perplexity import summarize
 from compress.evaluate.results import (
@@ -104,9 +107,27 @@ def _baseline_reference(request: EvalRequest) -> str:
     raise CompressError("no --baseline given and the first artifact records no source model; pass --baseline")
 
 
-def _suite_checks(suite: Suite, gates: list[str]) -> None:
-    for gate in [*suite.gates, *gates]:
-        parse_gate(gate)
+def check_device(device: str) -> torch.device:
+    """The device, refused now when torch does not know it or this machine lacks it: checked before
+    cached results are reused, so `--device tpu` is an error whether or not anything runs."""
+    resolved = resolve_device(device)
+    kind = resolved.type
+    if kind == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise CompressError(f"device '{device}' does not exist; this machine has {count} CUDA device(s)")
+    if kind not in ("cpu", "cuda"):
+        backend = getattr(torch, kind, None)
+        available = getattr(backend, "is_available", None)
+        if not (callable(available) and available()):
+            raise CompressError(f"device '{device}' is not available here; use auto, cpu or cuda")
+    return resolved
+
+
+def _suite_checks(request: EvalRequest) -> None:
+    """Everything that needs no model: device, gates against the keys that will be measured, tasks."""
+    suite = request.suite
+    check_device(request.device)
+    check_gates([*suite.gates, *request.extra_gates], suite.gate_schema(request.price_per_hour is not None))
     if "tasks" in suite.metrics and suite.tasks:
         from compress.evaluate.tasks import check_task_names
 
@@ -121,8 +142,7 @@ def _size_metrics(source: ModelSource) -> dict[str, Any]:
         info["disk_bytes"] = info["weight_bytes"]
     else:
         info = describe(source.path)
-    keys = ("disk_bytes", "weight_bytes", "tensor_bytes", "parameters", "bits_per_weight")
-    return {key: info[key] for key in keys}
+    return {key: info[key] for key in SIZE_KEYS}
 
 
 def _score(model: nn.Module, windows: TokenWindows, context: _Context, with_kld: bool):
@@ -180,7 +200,7 @@ def _measure_speed(model: nn.Module, role: str, context: _Context, vocab_size: i
         context.speed_baseline = load_for_eval(context.baseline_source, context.device, "auto")
     speeds = measure_speeds({"baseline": context.speed_baseline, "artifact": model}, settings, vocab_size)
     speed, baseline = speeds["artifact"], speeds["baseline"]
-    speed["baseline"] = {key: baseline[key] for key in ("prefill_tok_s", "decode_tok_s", "decode_spread_pct")}
+    speed["baseline"] = {key: baseline[key] for key in SPEED_BASELINE_KEYS}
     speed["vs_baseline"] = speed_ratios(speed, baseline)
     return speed
 
@@ -334,12 +354,30 @@ def _check_store_budget(suite: Suite, layout: StoreLayout, windows: TokenWindows
         )
 
 
+def _baseline_cached(context: _Context, reuse: bool) -> bool:
+    """Whether the baseline's result (and, for KLD, its store) can be reused as they are."""
+    result_file, store_dir = _baseline_paths(context)
+    needs_store = "kld" in context.suite.metrics
+    return reuse and result_file.is_file() and (BaselineStore(store_dir).is_complete() or not needs_store)
+
+
+def _require_finite(source: ModelSource) -> None:
+    """Refuse NaN/Inf weights before they are scored as a `nan` that passes for a result: the
+    checkpoint scan quantize runs (a few MB at a time, no model in memory), named per model."""
+    from compress.quantize.cast import check_finite_files
+
+    try:
+        check_finite_files(source.path)
+    except CompressError as exc:
+        raise CompressError(f"cannot score '{source.reference}': {exc}") from exc
+
+
 def _evaluate_baseline(context: _Context, reuse: bool) -> ModelResult:
     """The baseline's own scores and its stored log-probs, computed at most once per key."""
     result_file, store_dir = _baseline_paths(context)
     store = BaselineStore(store_dir)
     needs_store = "kld" in context.suite.metrics
-    if reuse and result_file.is_file() and (store.is_complete() or not needs_store):
+    if _baseline_cached(context, reuse):
         console.notice(f"baseline: reusing cached scores ({result_file.name})")
         result = ModelResult.model_validate_json(result_file.read_text())
     else:
@@ -379,7 +417,7 @@ def _apply_gates(result: ModelResult, gates: list[str]) -> ModelResult:
 def evaluate(request: EvalRequest) -> tuple[EvalReport, list[str]]:
     """Score the baseline and every artifact; returns the report and the problems to report (exit 2)."""
     suite = request.suite
-    _suite_checks(suite, request.extra_gates)
+    _suite_checks(request)
     if not request.artifacts:
         raise CompressError("give at least one artifact or model directory to evaluate")
     artifact_sources = [resolve_model(a) for a in request.artifacts]
@@ -389,22 +427,33 @@ def evaluate(request: EvalRequest) -> tuple[EvalReport, list[str]]:
     if (limit := _max_positions(baseline_source)) and limit < seq_len:
         seq_len = limit
     windows = sequential_windows(tokenizer, suite.data, seq_len, suite.max_tokens)
-    if seq_len < suite.seq_len:  # said once the data is known good: a failing run says only why
-        console.notice(f"seq_len {suite.seq_len} exceeds the baseline's {seq_len} positions; using {seq_len}")
     vocab = _vocab_size(baseline_source)
     layout = suite.store_layout(vocab)
     _check_store_budget(suite, layout, windows, vocab)
     context = _Context(
         suite, request.device, windows, tokenizer, baseline_source, request.price_per_hour, layout
     )
+    key = entry_key(suite.fingerprint(), baseline_source.sha256)
+
+    def cached_result(source: ModelSource) -> ModelResult | None:
+        cached = read_cached_result(_home(source), key, source.sha256) if request.reuse else None
+        same_data = cached is not None and cached.data.get("sha256") == windows.fingerprint.sha256
+        return cached if same_data else None
+
+    # Weights that will be scored (not those of a reused result) are scanned before any is scored.
+    to_score = [] if _baseline_cached(context, request.reuse) else [baseline_source]
+    to_score += [source for source in artifact_sources if cached_result(source) is None]
+    for source in {source.path: source for source in to_score}.values():
+        _require_finite(source)
+    if seq_len < suite.seq_len:  # said once every input is known good: a failing run says only why
+        console.notice(f"seq_len {suite.seq_len} exceeds the baseline's {seq_len} positions; using {seq_len}")
     context.baseline = _evaluate_baseline(context, request.reuse)
 
     gates = [*suite.gates, *request.extra_gates]
-    key = entry_key(suite.fingerprint(), baseline_source.sha256)
     results = []
     for source in artifact_sources:
-        cached = read_cached_result(_home(source), key, source.sha256) if request.reuse else None
-        if cached is not None and cached.data.get("sha256") == windows.fingerprint.sha256:
+        cached = cached_result(source)
+        if cached is not None:
             console.notice(f"{_display_name(source)}: reusing eval.json (same artifact, suite and baseline)")
             result = _apply_gates(cached, gates)
         else:

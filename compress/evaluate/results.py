@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 from xml.etree import ElementTree
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from compress.artifact import DENSE_FORMAT, write_text_atomic
 from compress.errors import CompressError
@@ -121,20 +121,51 @@ def load_results(paths: list[Path]) -> list[ModelResult]:
             data = json.loads(file.read_text())
         except ValueError as exc:
             raise CompressError(f"'{file}' is not a JSON results file: {exc}") from exc
-        if "entries" in data:  # an artifact's eval.json: its newest entry
-            newest = max(data["entries"].values(), key=lambda e: e["result"]["created"])
-            results.append(ModelResult.model_validate(newest["result"]))
-            if newest.get("baseline"):
-                baselines.append(ModelResult.model_validate(newest["baseline"]))
-        elif "results" in data:
-            report = EvalReport.model_validate(data)
-            baselines += [report.baseline] if report.baseline else []
-            results += report.results
-        else:
+        try:
+            found, found_baselines = _read_results(data)
+        except (ValidationError, KeyError, TypeError, AttributeError) as exc:
+            reason = _first_problem(exc)
+            raise CompressError(
+                f"'{file}' is not a valid eval report ({reason}); run `compress eval` again"
+            ) from exc
+        if found is None:
             raise CompressError(f"'{file}' is neither an eval report nor an artifact's eval.json")
+        if not found:
+            raise CompressError(f"'{file}' holds no results; run `compress eval` on an artifact first")
+        results += found
+        baselines += found_baselines
     unique = {r.sha256: r for r in baselines}
     unique.update({r.sha256: r for r in results if r.sha256 not in unique})
     return sorted(unique.values(), key=lambda r: r.role != "baseline")
+
+
+def _read_results(data: Any) -> tuple[list[ModelResult] | None, list[ModelResult]]:
+    """(results, baselines) of a parsed file: an artifact's eval.json (its newest entry) or an
+    `EvalReport`; None for results when it is neither."""
+    if isinstance(data, dict) and "entries" in data:
+        entries = list(data["entries"].values())
+        if not entries:
+            return [], []
+        newest = max(entries, key=lambda e: e["result"]["created"])
+        baseline = newest.get("baseline")
+        return [ModelResult.model_validate(newest["result"])], (
+            [ModelResult.model_validate(baseline)] if baseline else []
+        )
+    if isinstance(data, dict) and "results" in data:
+        report = EvalReport.model_validate(data)
+        return list(report.results), [report.baseline] if report.baseline else []
+    return None, []
+
+
+def _first_problem(exc: Exception) -> str:
+    """One short phrase: pydantic's first error with its location, or the missing key."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    if isinstance(exc, KeyError):
+        return f"missing key {exc}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def junit_xml(report: EvalReport, title: str | None = None) -> str:

@@ -16,11 +16,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compress.errors import CompressError
-from compress.evaluate.gates import parse_gate
+from compress.evaluate.gates import METRIC_ROOTS, GateSchema, check_gates, metric_schema
 from compress.evaluate.speed import SpeedSettings
 from compress.sizes import parse_size
 
-METRICS = ("ppl", "kld", "tasks", "speed", "memory", "size", "cost")
+METRICS = tuple(METRIC_ROOTS)
 #: Chosen from the error table in docs/metrics.md (bench/kld_store.py): 32 top tokens and 224
 #: tail samples per position, 2,060 bytes whatever the vocabulary.
 DEFAULT_KLD_TOPK = 32
@@ -104,13 +104,22 @@ class Suite(BaseModel):
         except ValueError as exc:
             raise CompressError(str(exc)) from exc
 
+    def gate_schema(self, priced: bool) -> GateSchema:
+        """The keys an artifact's result will hold under this suite (`priced`: a price per hour is
+        given, so cost is measured): what gates may name."""
+        return metric_schema(self.metrics, self.tasks, self.speed.batch_sizes, priced)
+
     def check(self) -> Suite:
+        """Refuse what would fail or be ignored after work started: unknown or no metrics, a bad
+        store size, and gates naming keys that will not be measured (the price is not known here,
+        so cost gates pass this check; `harness` and recipes check again with it)."""
+        if not self.metrics:
+            raise CompressError(f"no metrics to measure; choose from {', '.join(METRICS)}")
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise CompressError(f"unknown metric '{unknown[0]}'; choose from {', '.join(METRICS)}")
         self.max_store_bytes  # noqa: B018 - parse now, so a bad size fails before any work
-        for gate in self.gates:
-            parse_gate(gate)
+        check_gates(self.gates, self.gate_schema(priced=True))
         return self
 
 

@@ -17,16 +17,17 @@ import torch
 from compress.artifact import (
     DENSE_FORMAT,
     api_call,
-    check_output_path,
     new_manifest,
     publish,
     weight_statistics,
 )
 from compress.errors import CompressError
 from compress.export.config import FLOAT_TYPES, LOSSLESS_TYPES, ExportConfig
+from compress.export.vocab import GGUFVocab
 from compress.export.writer import check_architecture, write_gguf
 from compress.modeling import ModelSource, count_parameters, load_config, load_model, resolve_model
 from compress.options import parse_options
+from compress.ownership import check_output_dir, command_inputs
 from compress.staging import staged_directory
 from compress.telemetry import PhaseTimer
 
@@ -71,6 +72,40 @@ def _lossless_type(config: ExportConfig, packed: bool) -> str | None:
     return LOSSLESS_TYPES[config.type]
 
 
+def _preflight(
+    source: ModelSource, config: ExportConfig, trust_remote_code: bool, from_recipe: bool
+) -> tuple[ExportConfig, str | None, GGUFVocab]:
+    """Every refusal the config files can give, before a weight is read: the architecture, the
+    vocabulary (`read_vocab`), a packed artifact's target type, --calib where nothing reads it,
+    and a --calib source that cannot be read.
+
+    Returns the config to run (a recipe's calibration data, offered to every stage, is dropped for
+    a packed source rather than refused: its blocks go over as they are and never read it), the
+    block type packed layers must be in, and the GGUF vocabulary.
+    """
+    from compress.data import check_readable
+    from compress.evaluate.loaders import PACKED_FORMATS, artifact_format
+    from compress.export.vocab import read_vocab
+
+    model_config = load_config(source, trust_remote_code)
+    check_architecture(model_config)
+    vocab = read_vocab(source.path, model_config.vocab_size)
+    packed = artifact_format(source) in PACKED_FORMATS
+    lossless = _lossless_type(config, packed)
+    if packed and config.calib is not None:
+        if not from_recipe:
+            raise CompressError(
+                f"--calib weights llama.cpp's quantizer, which a packed artifact's {config.type} blocks skip "
+                "(they go over as they are); drop --calib, or export the source model with it"
+            )
+        config = config.model_copy(
+            update={"calib": None, "calib_samples": None, "seq_len": None, "seed": None}
+        )
+    if config.calib is not None:  # read after the model loads: a missing or binary file fails now
+        check_readable(config.calib)
+    return config, lossless, vocab
+
+
 def _importance_matrix(
     model: torch.nn.Module, source: ModelSource, config: ExportConfig
 ) -> tuple[dict[str, torch.Tensor], Any]:
@@ -113,7 +148,6 @@ def export_gguf(
 ) -> Path:
     """Write `model` (a model directory, hub id, GGUF or artifact) as a GGUF artifact; returns its path."""
     from compress import llamacpp
-    from compress.export.vocab import read_vocab
 
     config = parse_options(ExportConfig, options)
     source = resolve_model(model)
@@ -121,7 +155,9 @@ def export_gguf(
     if out_path.suffix == ".gguf":
         hint = out_path.with_suffix("")
         raise CompressError(f"--out names the artifact directory (the GGUF goes inside it); try --out {hint}")
-    check_output_path(out_path, force, inputs=(source.path,))
+    inputs = command_inputs(source, options=config)
+    check_output_dir(out_path, force, inputs)
+    config, lossless, vocab = _preflight(source, config, trust_remote_code, from_recipe=recipe is not None)
     quantized = config.type not in FLOAT_TYPES
     if quantized:
         llamacpp.binding()  # refuse before loading anything when llama.cpp is missing
@@ -129,14 +165,12 @@ def export_gguf(
     timer = PhaseTimer()
     with timer.phase("load"):
         loaded, packed = _load(source, trust_remote_code)
-        lossless = _lossless_type(config, packed)
-        vocab = read_vocab(source.path, loaded.config.vocab_size)
     imatrix, windows = None, None
     if quantized and config.calib and not packed:  # only llama.cpp's own rounding reads it
         with timer.phase("importance matrix"):
             imatrix, windows = _importance_matrix(loaded, source, config)
     name = out_path.name
-    with staged_directory(out_path, force) as staging:
+    with staged_directory(out_path, force, inputs=inputs) as staging:
         gguf_file = staging / f"{name}.gguf"
         float_type = FLOAT_TYPES.get(config.type, "F32")
         manifest = new_manifest(

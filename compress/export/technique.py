@@ -6,8 +6,19 @@ in `compress.cli` from this same declaration with `format` fixed.
 
 from __future__ import annotations
 
-from compress.export.config import ExportConfig
-from compress.technique import Technique, calibration_defaults, library_runner, register
+from typing import Any
+
+from compress.export.config import FLOAT_TYPES, ExportConfig
+from compress.technique import RecipeData, Technique, calibration_defaults, library_runner, register
+
+
+def _recipe_data(config: ExportConfig, data: RecipeData) -> dict[str, Any]:
+    """The recipe's calibration text for a stage whose llama.cpp quantizer reads it (a quantized
+    type): a float export would refuse it, and sampling options without text mean nothing."""
+    if config.type in FLOAT_TYPES or data.calib is None:
+        return {}
+    return calibration_defaults(config, data)
+
 
 EXPORT = register(
     Technique(
@@ -16,7 +27,7 @@ EXPORT = register(
         run=library_runner("compress.export.runner:export_gguf"),
         summary=lambda config: f"export {config.format} {config.type}",
         help="Write a GGUF file for llama.cpp (lossless from a matching GPTQ/AWQ/RTN grid).",
-        recipe_data=calibration_defaults,
+        recipe_data=_recipe_data,
         command=False,
         epilog=(
             "Examples:\n\n"

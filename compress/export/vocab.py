@@ -51,11 +51,26 @@ def _merge_pairs(model: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _tokens_by_id(data: dict[str, Any], vocab_size: int) -> list[str]:
+    """One token per embedding row, in id order: exactly `vocab_size` of them.
+
+    llama.cpp sizes `token_embd` from the token list, so a list of any other length is a file it
+    refuses to load ("wrong shape"). An embedding padded past the tokenizer (rows no token maps
+    to, as models round the vocabulary up to a multiple of 64) is fine: those rows and any holes
+    among the ids get placeholder control tokens, as convert_hf_to_gguf writes them, which no text
+    tokenizes to. A tokenizer with ids at or past the embedding's rows is refused: those tokens
+    have no embedding, so neither transformers nor llama.cpp can run them.
+    """
     tokens: dict[int, str] = {index: text for text, index in data["model"]["vocab"].items()}
     for added in data.get("added_tokens", []):
         tokens[added["id"]] = added["content"]
-    # Rows of an embedding padded past the tokenizer get placeholder tokens, as convert_hf_to_gguf does.
-    return [tokens.get(index, f"[PAD{index}]") for index in range(max(vocab_size, len(tokens)))]
+    beyond = sorted(index for index in tokens if index >= vocab_size)
+    if beyond:
+        raise CompressError(
+            f"the tokenizer has {len(beyond)} token(s) at ids past the model's {vocab_size} embedding rows "
+            f"(first: {tokens[beyond[0]]!r} = {beyond[0]}); llama.cpp cannot load a GGUF whose vocabulary "
+            "is longer than its embedding"
+        )
+    return [tokens.get(index, f"[PAD{index}]") for index in range(vocab_size)]
 
 
 def _token_types(data: dict[str, Any], tokens: list[str], unknown: str | None) -> list[int]:

@@ -31,6 +31,8 @@ from compress.export.vocab import GGUFVocab
 #: Architectures llama.cpp runs as `llama` whose tensors this writer knows.
 SUPPORTED_MODEL_TYPES = ("llama",)
 _NUMPY_FLOATS = {"F32": np.float32, "F16": np.float16}
+#: transformers' names for the activation llama.cpp's `llama` architecture hard-codes.
+SILU_NAMES = ("silu", "swish")
 #: Where the manifest travels inside the file, so a copied .gguf still says how it was made.
 MANIFEST_KEY = "compress.manifest"
 
@@ -56,6 +58,11 @@ def check_architecture(config: Any) -> None:
         raise CompressError(f"GGUF export supports plain RoPE; this model uses '{rope['rope_type']}' scaling")
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise CompressError("GGUF export supports Llama without attention or MLP biases")
+    activation = getattr(config, "hidden_act", "silu")
+    if activation not in SILU_NAMES:  # llama.cpp's `llama` MLP is SiLU-gated, whatever the file says
+        raise CompressError(
+            f"GGUF export supports Llama with a SiLU MLP (llama.cpp runs SiLU); this one uses '{activation}'"
+        )
 
 
 def _rope_theta(config: Any) -> float:

@@ -24,6 +24,8 @@ RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 JUNIT_FILE = "junit.xml"
 PLOT_FILE = "compare.png"
+#: Every file a run writes into its directory beside the stages.
+REPORT_FILES = (RESULTS_FILE, REPORT_FILE, JUNIT_FILE, PLOT_FILE)
 
 
 class StageOutcome(BaseModel):

@@ -10,6 +10,7 @@ distillation from its checkpoints in `<stage>.work`.
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -22,9 +23,10 @@ from compress import console
 from compress.data import check_readable
 from compress.evaluate.compare import comparison_rows, sort_rows
 from compress.evaluate.gates import check_gate, parse_gate
-from compress.evaluate.harness import EvalRequest, evaluate
+from compress.evaluate.harness import EvalRequest, check_device, evaluate
 from compress.evaluate.results import EvalReport, ModelResult
 from compress.modeling import ModelSource, resolve_model
+from compress.ownership import check_workspace, data_paths, written_by_compress
 from compress.pipeline.fingerprint import (
     artifact_fingerprint,
     cache_key,
@@ -32,7 +34,7 @@ from compress.pipeline.fingerprint import (
     data_fingerprint,
     data_sources,
 )
-from compress.pipeline.report import RunResult, StageOutcome, write_reports
+from compress.pipeline.report import REPORT_FILES, RunResult, StageOutcome, write_reports
 from compress.pipeline.schema import BASE, BUILTIN_MODELS, Recipe, RecipeFile, Stage, stage_options
 from compress.technique import RunContext
 
@@ -124,8 +126,10 @@ def run_recipe(
     command = command or shlex.join(
         ["compress", "run", str(loaded.path), *(part for o in loaded.overrides for part in ("--set", o))]
     )
-    _check_data_sources(loaded)
+    check_device(recipe.eval.device)  # before the stages: the harness would refuse it only after them
+    sources = _check_data_sources(loaded)
     base = _base_model(recipe.model, build=True)
+    _check_run_dir(loaded, run_dir, (loaded.path, *base.user_paths, *data_paths(*sources)))
     paths: dict[str, Path] = {BASE: base.path}
     fingerprints: dict[str, str | None] = {BASE: base.sha256}
     keys, outcomes = _Keys(), []
@@ -171,9 +175,9 @@ def run_recipe(
     return result
 
 
-def _check_data_sources(loaded: RecipeFile) -> None:
+def _check_data_sources(loaded: RecipeFile) -> list[str]:
     """Read the eval text and every calibration text once before any stage runs: offline hub data
-    or a missing file fails the run now, not after its stages."""
+    or a missing file fails the run now, not after its stages. Returns the sources."""
     sources = {loaded.suite.data}
     for stage in loaded.recipe.stages:
         calib = getattr(stage_options(loaded.recipe, stage), "calib", None)
@@ -181,6 +185,25 @@ def _check_data_sources(loaded: RecipeFile) -> None:
             sources.add(calib)
     for source in sorted(sources):
         check_readable(source)
+    return sorted(sources)
+
+
+#: What `_check_run_dir` recognises beside the stages: a stage's checkpoints, staging and retired copy.
+_STAGE_LEFTOVER = re.compile(r"\.(work|tmp-[^/]+|old-[^/]+)$")
+
+
+def _check_run_dir(loaded: RecipeFile, run_dir: Path, inputs: tuple[Path, ...]) -> None:
+    """The run directory is apart from every input and holds only what runs write there: the
+    reports, stage artifacts (this recipe's or an earlier version's) and their leftovers. A user's
+    folder given as `--out` is refused rather than filled, and its files never overwritten."""
+    stages = {stage.name for stage in loaded.recipe.stages}
+
+    def ours(path: Path) -> bool:
+        if path.name in REPORT_FILES:
+            return path.is_file()
+        return path.is_dir() and (written_by_compress(path) or _STAGE_LEFTOVER.sub("", path.name) in stages)
+
+    check_workspace(run_dir, inputs, ours)
 
 
 def _execute(

@@ -27,7 +27,7 @@ from pydantic import (
 
 from compress.errors import CompressError
 from compress.evaluate.compare import SORT_KEYS
-from compress.evaluate.gates import parse_gate
+from compress.evaluate.gates import check_gates, parse_gate
 from compress.evaluate.suite import Suite, load_suite
 from compress.pipeline.overrides import apply_overrides
 from compress.pipeline.yaml_lines import Location, line_of, load_with_lines
@@ -261,6 +261,7 @@ def load_recipe(reference: str | Path, overrides: list[str] | tuple[str, ...] = 
         _check_references(recipe)
         recipe = _resolve_paths(recipe, path.parent)
         suite = _suite(recipe, path.parent)
+        _check_gates(recipe, suite)
     except ValidationError as exc:
         # An unknown key first: it is usually a typo, and it explains a "missing" error beside it.
         first = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
@@ -359,6 +360,28 @@ def _resolve_paths(recipe: Recipe, directory: Path) -> Recipe:
             "data": data.model_copy(update={"calib": calib, "eval": eval_data}),
         }
     )
+
+
+def _check_gates(recipe: Recipe, suite: Suite) -> None:
+    """Every gate (the suite's, `eval.gates`, each stage's) against the keys the recipe's metrics
+    and tasks will write, and no gates on the baseline stage (it is not scored, so they would never
+    be checked): a typo is exit 2 before the first stage runs, not a failed gate at the end."""
+    schema = suite.gate_schema(priced=recipe.eval.price_per_hour is not None)
+    where: list[tuple[Location, list[str]]] = [(("eval", "suite"), suite.gates)]
+    where += [(("eval", "gates", index), [gate]) for index, gate in enumerate(recipe.eval.gates)]
+    for index, stage in enumerate(recipe.stages):
+        if stage.gates and stage.name == recipe.eval.baseline:
+            raise _FieldError(
+                ("stages", index, "gates"),
+                f"stage '{stage.name}' is the eval baseline, which is not scored: its gates would "
+                "never be checked; move them to another stage or to eval.gates",
+            )
+        where += [(("stages", index, "gates", number), [gate]) for number, gate in enumerate(stage.gates)]
+    for location, gates in where:
+        try:
+            check_gates(gates, schema)
+        except CompressError as exc:
+            raise _FieldError(location, str(exc)) from exc
 
 
 def _suite(recipe: Recipe, directory: Path) -> Suite:

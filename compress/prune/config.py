@@ -55,16 +55,41 @@ class PruneConfig(BaseModel):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"--{name} is the fraction to remove and must lie in [0, 1), got {value}")
+        return self._options_apply()
+
+    def _options_apply(self) -> PruneConfig:
+        """Refuse a ranking option for a dimension nothing is removed from: it would be recorded
+        in the manifest and change nothing. (`importance` and the calibration options are not
+        checked: distillation's students and the quality tests pass them with no width target or
+        with a data-free ranking.)"""
+        if self.head_grouping != "auto" and self.heads is None and self.heads_keep is None:
+            raise ValueError(
+                f"--head-grouping {self.head_grouping} has no effect without --heads or --heads-keep; "
+                "leave it out"
+            )
+        if self.layer_importance != "influence" and not self.prunes_depth:
+            raise ValueError(
+                f"--layer-importance {self.layer_importance} ranks blocks, and no --layers or "
+                "--layers-keep removes any; leave it out"
+            )
         return self
+
+    @property
+    def prunes_width(self) -> bool:
+        """A target for heads, MLP channels or hidden channels is given."""
+        targets = (self.heads, self.heads_keep, self.mlp, self.mlp_size, self.hidden, self.hidden_size)
+        return any(value is not None for value in targets)
+
+    @property
+    def prunes_depth(self) -> bool:
+        """A target for whole decoder blocks is given."""
+        return self.layers is not None or self.layers_keep is not None
 
     @property
     def needs_data(self) -> bool:
         width = self.importance in ("activation", "taylor")
         depth = self.layer_importance in ("influence", "loss")
-        plan_width = any(v is not None for v in (self.heads, self.heads_keep, self.mlp, self.mlp_size))
-        plan_width = plan_width or self.hidden is not None or self.hidden_size is not None
-        plan_depth = self.layers is not None or self.layers_keep is not None
-        return (width and plan_width) or (depth and plan_depth)
+        return (width and self.prunes_width) or (depth and self.prunes_depth)
 
     def summary(self) -> str:
         """`prune mlp 0.3, layers 2`: the targets given, for logs and tables."""

@@ -17,7 +17,6 @@ import torch
 from compress.artifact import (
     DENSE_FORMAT,
     api_call,
-    check_output_path,
     new_manifest,
     publish,
     save_model_files,
@@ -35,6 +34,7 @@ from compress.modeling import (
     stored_dtype,
 )
 from compress.options import parse_options
+from compress.ownership import check_output_dir, command_inputs
 from compress.prune.config import PruneConfig
 from compress.prune.cut import cut
 from compress.prune.geometry import config_geometry, geometry, predict_parameter_count, pruned_config
@@ -110,7 +110,8 @@ def prune(
     target_device = resolve_device(config.device)
     source = resolve_model(model)
     out_path = Path(out) if out is not None else default_output(source)
-    check_output_path(out_path, force, inputs=(source.path,))
+    inputs = command_inputs(source, options=config)
+    check_output_dir(out_path, force, inputs)
     reject_quantized(source, trust_remote_code)
     model_config = load_config(source, trust_remote_code)
     sizes = _sizes(config, model_config)
@@ -141,7 +142,7 @@ def prune(
         **report,
     }
     loaded.to(stored_dtype(model_config))
-    with staged_directory(out_path, force) as staging:
+    with staged_directory(out_path, force, inputs=inputs) as staging:
         with timer.phase("save"):
             save_model_files(loaded, source.path, staging)
         manifest = new_manifest(

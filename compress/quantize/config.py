@@ -33,10 +33,14 @@ DEFAULT_METHOD_FOR_BITS: dict[int, str] = {16: "fp16", 8: "int8", 4: "gptq", 3: 
 CALIBRATED_METHODS = ("gptq", "awq")
 DEFAULT_GROUP_SIZE = 128
 PACKED_METHODS = ("rtn", "gptq", "awq")
+#: bitsandbytes' 4-bit methods: the only ones with quantized scales and a matmul dtype to choose.
+BNB_4BIT_METHODS = ("nf4", "fp4")
+DEFAULT_DAMP_PERCENT = 0.01
 
 
 class QuantizeConfig(BaseModel):
-    """How to quantize. Options that a method does not use are recorded but ignored by it.
+    """How to quantize. An option the chosen method does not use is refused, not recorded and
+    ignored (`_options_apply`): `-m rtn --act-order` would otherwise claim an act-order artifact.
 
     As on the command line, `bits` alone picks the method (4: gptq) and a method alone its first
     bit width (int8: 8, awq: 4); neither is fp16.
@@ -63,8 +67,13 @@ class QuantizeConfig(BaseModel):
     sym: Annotated[bool | None, flag("--sym/--asym")] = Field(
         None, description="Symmetric grid or one with a zero point (default: GPTQ/RTN sym, AWQ asym)."
     )
-    act_order: bool = Field(True, description="GPTQ: columns by Hessian diagonal, static groups.")
-    damp_percent: float = Field(0.01, gt=0, lt=1, description="GPTQ: Hessian damping (raised if needed).")
+    #: None until validated: gptq's default (on) is filled in; any other method takes no value.
+    act_order: Annotated[bool | None, flag("--act-order/--no-act-order")] = Field(
+        None, description="GPTQ: columns by Hessian diagonal, static groups (default: on)."
+    )
+    damp_percent: float = Field(
+        DEFAULT_DAMP_PERCENT, gt=0, lt=1, description="GPTQ: Hessian damping (raised if needed)."
+    )
     calib: str | None = Field(None, description="Calibration text (any data source).")
     calib_samples: int | None = Field(
         None, ge=1, description="Calibration windows (default 128, or what a shorter --calib text holds)."
@@ -121,13 +130,71 @@ class QuantizeConfig(BaseModel):
                     f"--max-memory streams blocks for rtn, gptq and awq; {self.method} loads the whole model"
                 )
             self.max_memory_bytes  # noqa: B018 - parse now, so a bad size fails before any work
+        return self._options_apply()
+
+    def _options_apply(self) -> QuantizeConfig:
+        """Refuse an option the method does not use, and fill in gptq's act-order default.
+
+        Values are compared with the defaults (the command line passes every flag, so a default
+        cannot be told from an explicit one there); the fields a method chooses itself default to
+        None (`sym`, `group_size`, `act_order`, `calib`, `calib_samples`), so any value of them is
+        the user's. `seq_len` is not checked for rtn: the quality tests build rtn and gptq configs
+        with one window length.
+        """
+        method = self.method
+        packed, calibrated = method in PACKED_METHODS, method in CALIBRATED_METHODS
+        unused: list[tuple[bool, str, str]] = [
+            (self.group_size is not None and not packed, "--group-size", "groups apply to rtn, gptq and awq"),
+            (self.sym is not None and not packed, "--sym/--asym", "the grid applies to rtn, gptq and awq"),
+            (self.keep_dtype and not packed, "--keep-dtype", "it applies to the packed rtn, gptq and awq"),
+            (self.act_order is not None and method != "gptq", "--act-order", "only gptq orders columns"),
+            (
+                self.damp_percent != DEFAULT_DAMP_PERCENT and method != "gptq",
+                "--damp-percent",
+                "only gptq damps a Hessian",
+            ),
+            (self.calib is not None and not calibrated, "--calib", "only gptq and awq calibrate"),
+            (
+                self.calib_samples is not None and not calibrated,
+                "--calib-samples",
+                "only gptq and awq calibrate",
+            ),
+            (self.calib_dtype != "auto" and not calibrated, "--calib-dtype", "only gptq and awq calibrate"),
+            (
+                self.seed != 0 and not calibrated,
+                "--seed",
+                "it samples the calibration windows of gptq and awq",
+            ),
+            (self.seq_len != 2048 and not packed, "--seq-len", "only gptq and awq calibrate"),
+            (
+                self.double_quant and method not in BNB_4BIT_METHODS,
+                "--double-quant",
+                "it applies to nf4 and fp4",
+            ),
+            (
+                self.compute_dtype != "bfloat16" and method not in BNB_4BIT_METHODS,
+                "--compute-dtype",
+                "it applies to nf4 and fp4",
+            ),
+        ]
+        for refused, option, why in unused:
+            if refused:
+                raise ValueError(f"{option} has no effect with --method {method} ({why}); leave it out")
+        if self.group_fallback and (self.group_size is None or self.group_size == -1):
+            given = "is unset" if self.group_size is None else "is -1 (whole rows)"
+            raise ValueError(
+                f"--group-fallback only changes an explicit --group-size that does not divide a width, "
+                f"and --group-size {given}; give --group-size G, or leave --group-fallback out"
+            )
+        if method == "gptq" and self.act_order is None:
+            self.act_order = True
         return self
 
     def for_device(self, device: torch.device) -> QuantizeConfig:
         """This config with its `auto` choices made for `device`: what runs, and what the manifest
         records."""
-        if self.calib_dtype != "auto":
-            return self
+        if self.calib_dtype != "auto" or self.method not in CALIBRATED_METHODS:
+            return self  # a method that does not calibrate keeps `auto`, which it is valid with
         from compress.modeling import native_bf16
 
         return self.model_copy(update={"calib_dtype": "bfloat16" if native_bf16(device) else "float32"})

@@ -16,7 +16,6 @@ from compress import console
 from compress.artifact import (
     DENSE_FORMAT,
     api_call,
-    check_output_path,
     copy_tokenizer_files,
     new_manifest,
     publish,
@@ -35,6 +34,7 @@ from compress.modeling import (
     resolve_model,
 )
 from compress.options import parse_options
+from compress.ownership import check_output_dir, command_inputs
 from compress.quantize.cast import CAST_DTYPES, check_finite, check_finite_files
 from compress.quantize.config import PACKED_METHODS, QuantizeConfig
 from compress.staging import staged_directory
@@ -234,7 +234,8 @@ def quantize(
     config = config.for_device(target_device)
     source = resolve_model(model)
     out_path = Path(out) if out is not None else default_output(source, config.method)
-    check_output_path(out_path, force, inputs=(source.path,))
+    inputs = command_inputs(source, options=config)
+    check_output_dir(out_path, force, inputs)
     reject_quantized(source, trust_remote_code)
 
     timer = PhaseTimer()
@@ -244,7 +245,7 @@ def quantize(
         produce = _packed
     else:
         produce = _bnb
-    with staged_directory(out_path, force) as staging:
+    with staged_directory(out_path, force, inputs=inputs) as staging:
         produced = produce(source, config, trust_remote_code, timer, staging)
         # The source's own count: packed and bitsandbytes tensors hide how many weights they stand for.
         parameters = weight_statistics(source.path)["parameters"] or count_parameters(produced.model)

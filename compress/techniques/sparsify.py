@@ -17,14 +17,26 @@ config, a `run` that publishes an artifact, one `register` call, and nothing edi
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.technique import RecipeData, RunContext, Technique, calibration_defaults, register
 
 Pattern = Literal["unstructured", "2:4", "4:8"]
+DEFAULT_SPARSITY = 0.5
+#: Defaults of the calibration options, which only Wanda reads.
+CALIBRATION_DEFAULTS = {"calib": None, "calib_samples": 64, "seq_len": 256, "seed": 0}
+
+
+def pattern_sparsity(pattern: str) -> float | None:
+    """The share an N:M pattern zeroes (1 − N/M); None when unstructured (or not a pattern)."""
+    kept, colon, run = pattern.partition(":")
+    if not colon or not kept.isdigit() or not run.isdigit() or int(run) == 0:
+        return None
+    return 1 - int(kept) / int(run)
 
 
 class SparsifyConfig(BaseModel):
@@ -32,8 +44,12 @@ class SparsifyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sparsity: float = Field(
-        0.5, gt=0, lt=1, description="Share of each block weight set to zero (unstructured)."
+    #: None until validated: 0.5 unstructured, the pattern's own share (1 − N/M) for N:M.
+    sparsity: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Share of each block weight set to zero (default 0.5; an N:M pattern sets its own).",
     )
     pattern: Pattern = Field(
         "unstructured",
@@ -48,6 +64,42 @@ class SparsifyConfig(BaseModel):
     seed: int = Field(0, description="Calibration sampling seed.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, …")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sparsity_of_the_pattern(cls, data: Any) -> Any:
+        """An N:M pattern decides the sparsity: an explicit one that disagrees would be recorded
+        in the manifest while the pattern made another, so it is refused; an equal one is fine."""
+        if not isinstance(data, dict):
+            return data
+        pattern, sparsity = data.get("pattern", "unstructured"), data.get("sparsity")
+        natural = pattern_sparsity(pattern) if isinstance(pattern, str) else None
+        if natural is None:  # unstructured (or a bad pattern, which the field's own check names)
+            return {**data, "sparsity": DEFAULT_SPARSITY} if sparsity is None else data
+        if sparsity is None:
+            return {**data, "sparsity": natural}
+        try:
+            given = float(sparsity)
+        except (TypeError, ValueError):
+            return data  # not a number: the field's own check names it
+        if not math.isclose(given, natural):
+            raise ValueError(
+                f"--sparsity {sparsity} disagrees with --pattern {pattern}, which zeroes {natural:g} "
+                f"of every weight; leave --sparsity out (or give {natural:g})"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _calibration_applies(self) -> SparsifyConfig:
+        """Magnitude reads no data: a calibration option given with it would be recorded and do nothing."""
+        if self.importance == "magnitude":
+            for name, default in CALIBRATION_DEFAULTS.items():
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} has no effect with --importance magnitude (it reads "
+                        "no calibration data); leave it out, or use --importance wanda"
+                    )
+        return self
+
     @property
     def kept_of(self) -> tuple[int, int] | None:
         """(N, M) of an N:M pattern; None when unstructured."""
@@ -58,7 +110,10 @@ class SparsifyConfig(BaseModel):
 
     @property
     def effective_sparsity(self) -> float:
-        return self.sparsity if self.kept_of is None else 1 - self.kept_of[0] / self.kept_of[1]
+        """The share zeroed: the pattern's for N:M (validation makes `sparsity` agree with it)."""
+        if self.kept_of is not None:
+            return 1 - self.kept_of[0] / self.kept_of[1]
+        return DEFAULT_SPARSITY if self.sparsity is None else self.sparsity
 
 
 def prune_mask(scores: Any, config: SparsifyConfig) -> Any:
@@ -66,7 +121,7 @@ def prune_mask(scores: Any, config: SparsifyConfig) -> Any:
     import torch
 
     if config.kept_of is None:
-        count = int(scores.shape[1] * config.sparsity)
+        count = int(scores.shape[1] * config.effective_sparsity)
         lowest = torch.topk(scores, count, dim=1, largest=False).indices
         return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, lowest, True)
     kept, run = config.kept_of
@@ -142,7 +197,6 @@ def run(source: str | Path, config: SparsifyConfig, out: Path | None, context: R
     from compress.artifact import (
         DENSE_FORMAT,
         api_call,
-        check_output_path,
         new_manifest,
         publish,
         save_model_files,
@@ -157,13 +211,15 @@ def run(source: str | Path, config: SparsifyConfig, out: Path | None, context: R
         resolve_model,
         stored_dtype,
     )
+    from compress.ownership import check_output_dir, command_inputs
     from compress.staging import staged_directory
     from compress.telemetry import PhaseTimer
 
     model_source = resolve_model(source)
     name = Path(model_source.reference.rstrip("/")).name or "model"
     out_path = Path(out) if out is not None else Path("compressed") / f"{name}-sparse"
-    check_output_path(out_path, context.force, inputs=(model_source.path,))
+    inputs = command_inputs(model_source, options=config)
+    check_output_dir(out_path, context.force, inputs)
     reject_quantized(model_source, context.trust_remote_code)
     device = resolve_device(config.device)
     timer = PhaseTimer()
@@ -182,7 +238,7 @@ def run(source: str | Path, config: SparsifyConfig, out: Path | None, context: R
     with timer.phase("sparsify"):
         achieved = _sparsify(model, layout, windows.input_ids if windows is not None else None, config)
     model.to(stored_dtype(load_config(model_source, context.trust_remote_code)))
-    with staged_directory(out_path, context.force) as staging:
+    with staged_directory(out_path, context.force, inputs=inputs) as staging:
         with timer.phase("save"):
             save_model_files(model, model_source.path, staging)
         manifest = new_manifest(
