@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from compress import console
+from compress.errors import UnsupportedArchitectureError
 from compress.memory import release_forward_heap
 from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
 
@@ -43,56 +44,51 @@ class _StopForward(Exception):
     """Raised by the block-0 hook once its inputs are captured: the rest of the model is not needed."""
 
 
+#: What a block is called with besides its hidden states, per batch: extra positional arguments
+#: (Gemma 4's per-layer input) and keyword arguments (masks, rotary tables, positions).
+BlockArguments = tuple[tuple[Any, ...], dict[str, Any]]
+
+
 @dataclass
 class BlockInputs:
     """Inputs of the current block, one entry per calibration batch, and the dtype its matmuls
     run in (float32: exact; bfloat16/float16: autocast)."""
 
     hidden: list[torch.Tensor]
-    kwargs: list[dict[str, Any]]
+    arguments: list[BlockArguments]
     dtype: torch.dtype = torch.float32
 
     def autocast(self) -> torch.autocast:
         device_type = self.hidden[0].device.type if self.hidden else "cpu"
         return torch.autocast(device_type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
+    def calls(self) -> Iterator[tuple[torch.Tensor, tuple[Any, ...], dict[str, Any]]]:
+        for hidden, (args, kwargs) in zip(self.hidden, self.arguments, strict=True):
+            yield hidden, args, kwargs
+
+
+@dataclass
+class CapturedInputs:
+    """Block 0's inputs, and what every block is called with: models with sliding-window and
+    global layers (Gemma 2/3, Cohere 2, Mistral's layer types) give each kind its own mask and
+    rotary tables, so block 5 must not be calibrated with block 0's."""
+
+    first: BlockInputs
+    per_block: list[list[BlockArguments]]
+
 
 def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-@torch.inference_mode()
-def capture_block_inputs(
-    model: nn.Module, layout: DecoderLayout, input_ids: torch.Tensor, batch_size: int
-) -> BlockInputs:
-    """Run the model up to block 0 on every batch and keep what block 0 receives."""
-    captured = BlockInputs([], [])
-
-    def hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.hidden.append(hidden)
-        previous = captured.kwargs[-1] if captured.kwargs else {}
-        captured.kwargs.append(
-            {k: _reuse_if_equal(v, previous.get(k)) for k, v in kwargs.items() if k != "hidden_states"}
-        )
-        raise _StopForward
-
-    handle = layout.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
-    device = _device_of(model)
-    try:
-        for start in range(0, input_ids.shape[0], batch_size):
-            with suppress(_StopForward):
-                model(input_ids=input_ids[start : start + batch_size].to(device), use_cache=False)
-    finally:
-        handle.remove()
-    return captured
-
-
 def _reuse_if_equal(value: Any, previous: Any) -> Any:
-    """`previous` where it holds the same tensors as `value` (also inside tuples), else `value`.
+    """`previous` where it holds the same tensors as `value` (also inside tuples and dicts), else
+    `value`.
 
-    Every batch gets the same rotary tables (cos and sin per position): kept once, not per batch.
-    On SmolLM2 at the default 128 × 2048 calibration they were 134 MB beside 604 MB of inputs."""
+    Every batch gets the same rotary tables (cos and sin per position) and masks: kept once, not
+    per batch. On SmolLM2 at the default 128 × 2048 calibration the rotary tables were 134 MB
+    beside 604 MB of inputs. Blocks of one kind already share them: the model passes each the
+    same tensors."""
     if isinstance(value, torch.Tensor):
         same = (
             isinstance(previous, torch.Tensor)
@@ -104,10 +100,84 @@ def _reuse_if_equal(value: Any, previous: Any) -> Any:
         return previous if same else value
     if isinstance(value, tuple) and isinstance(previous, tuple) and len(value) == len(previous):
         return tuple(_reuse_if_equal(v, p) for v, p in zip(value, previous, strict=True))
+    if isinstance(value, dict) and isinstance(previous, dict):
+        return {key: _reuse_if_equal(item, previous.get(key)) for key, item in value.items()}
     return value
 
 
-def _block_output(output: Any) -> torch.Tensor:
+def _hidden_of(args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+    """Split a block call into its hidden states and the rest."""
+    if args:
+        return args[0], tuple(args[1:]), dict(kwargs)
+    rest = dict(kwargs)
+    return rest.pop("hidden_states"), (), rest
+
+
+@torch.inference_mode()
+def capture_block_inputs(
+    model: nn.Module, layout: DecoderLayout, input_ids: torch.Tensor, batch_size: int
+) -> CapturedInputs:
+    """Run the model's own loop over its blocks on every batch, keeping block 0's hidden states
+    and every block's other arguments, without computing any block.
+
+    Every block's forward is replaced for the duration by one that records its call and hands its
+    input on unchanged, and the last block stops the forward: the model computes only what it
+    prepares for its blocks (embeddings, masks, rotary tables, per-layer inputs). Whether the
+    model's loop expects a block to return a tensor or a tuple is learnt on the first batch (a
+    loop that indexes `[0]` into a tensor hands the next block a tensor of the wrong shape).
+    """
+    blocks = list(layout.blocks)
+    hidden_states: list[torch.Tensor] = []
+    per_block: list[list[BlockArguments]] = [[] for _ in blocks]
+    state = {"tuple": False, "shape": None, "retry": False}
+
+    def stub(index: int):
+        def forward(*args, **kwargs):
+            hidden, rest_args, rest_kwargs = _hidden_of(args, kwargs)
+            if index == 0:
+                state["shape"] = hidden.shape
+                hidden_states.append(hidden)
+            elif not isinstance(hidden, torch.Tensor) or hidden.shape != state["shape"]:
+                state["retry"] = True  # the loop unpacks what a block returns: hand it a tuple
+                raise _StopForward
+            seen = per_block[index]
+            seen.append(_reuse_if_equal((rest_args, rest_kwargs), seen[-1] if seen else None))
+            if index == len(blocks) - 1:
+                raise _StopForward
+            return (hidden,) if state["tuple"] else hidden
+
+        return forward
+
+    own_forwards = [block.__dict__.get("forward") for block in blocks]  # an accelerate hook's, say
+    for index, block in enumerate(blocks):
+        block.forward = stub(index)
+    device = _device_of(model)
+    try:
+        for start in range(0, input_ids.shape[0], batch_size):
+            batch = input_ids[start : start + batch_size].to(device)
+            with suppress(_StopForward):
+                model(input_ids=batch, use_cache=False)
+            if state["retry"]:  # only ever on the first batch, which block 0 alone has recorded
+                state.update(retry=False, tuple=True)
+                hidden_states.clear()
+                per_block[0].clear()
+                with suppress(_StopForward):
+                    model(input_ids=batch, use_cache=False)
+                if state["retry"]:
+                    raise UnsupportedArchitectureError(
+                        f"cannot calibrate {type(model).__name__}: its loop over the blocks does not pass "
+                        "each block's output on to the next"
+                    )
+    finally:
+        for block, own in zip(blocks, own_forwards, strict=True):
+            del block.forward
+            if own is not None:
+                block.forward = own
+    first = BlockInputs(hidden_states, per_block[0])
+    return CapturedInputs(first, per_block)
+
+
+def block_output(output: Any) -> torch.Tensor:
     """Decoder blocks return a tensor or a tuple whose first item is the hidden states."""
     return output[0] if isinstance(output, tuple) else output
 
@@ -117,8 +187,8 @@ def run_block(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
     """The block's outputs for every batch; when streaming, each forward's freed heap goes back at once."""
     outputs = []
     with inputs.autocast():
-        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
-            outputs.append(_block_output(block(hidden, **kwargs)).to(hidden.dtype))
+        for hidden, args, kwargs in inputs.calls():
+            outputs.append(block_output(block(hidden, *args, **kwargs)).to(hidden.dtype))
             release_forward_heap()
     return outputs
 
@@ -161,10 +231,10 @@ def record_stage(
             raise _StopForward
 
     with record_inputs(layers, record), inputs.autocast():
-        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs, strict=True):
+        for hidden, args, kwargs in inputs.calls():
             pending.update(layer.name for layer in layers)
             with suppress(_StopForward):
-                block(hidden, **kwargs)
+                block(hidden, *args, **kwargs)
 
 
 def sequential_stages(block: nn.Module, inputs: BlockInputs) -> list[list[LinearLayer]]:
@@ -203,7 +273,7 @@ def sequential_stages(block: nn.Module, inputs: BlockInputs) -> list[list[Linear
         layer.module.register_forward_pre_hook(make_hook(layer)) for layer in find_linear_layers(block)
     ]
     try:
-        run_block(block, BlockInputs(inputs.hidden[:1], inputs.kwargs[:1], inputs.dtype))
+        run_block(block, BlockInputs(inputs.hidden[:1], inputs.arguments[:1], inputs.dtype))
     finally:
         for handle in handles:
             handle.remove()
@@ -263,7 +333,8 @@ def calibrate_sequentially(
     free them once their outputs are computed), so only one block is resident at a time. `dtype`
     is what block forwards compute their matmuls in.
     """
-    inputs = capture_block_inputs(model, layout, input_ids, batch_size)
+    captured = capture_block_inputs(model, layout, input_ids, batch_size)
+    inputs = captured.first
     inputs.dtype = dtype
     plan = StagePlan()
     with console.progress() as bar:
@@ -272,6 +343,7 @@ def calibrate_sequentially(
             before_block(index, block)
             stages = plan.stages(block, inputs)
             transform(index, block, inputs, stages)
-            inputs = BlockInputs(run_block(block, inputs), inputs.kwargs, dtype)
+            following = captured.per_block[min(index + 1, len(layout.blocks) - 1)]
+            inputs = BlockInputs(run_block(block, inputs), following, dtype)
             after_block(index, block)
             bar.update(task, advance=1, status=f"block {index + 1}/{len(layout.blocks)}")

@@ -55,17 +55,33 @@ def open_safetensors(file: Path) -> Iterator:
         ) from exc
 
 
+def _published_names(model: torch.nn.Module, stored: Iterable[str]) -> dict[str, str]:
+    """Model name → stored name for the stored tensors transformers renames on loading."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    expected = dict.fromkeys(model.state_dict(), True)
+    unknown = [name for name in stored if name not in expected]
+    if not unknown:
+        return {}
+    renamings = [rule for rule in get_model_conversion_mapping(model) if isinstance(rule, WeightRenaming)]
+    prefix = getattr(model, "base_model_prefix", None)
+    renamed = {name: rename_source_key(name, renamings, [], prefix, expected)[0] for name in unknown}
+    return {new: old for old, new in renamed.items() if new in expected}
+
+
 class CheckpointReader:
     """The tensors of a local safetensors checkpoint (single file or sharded), by name, lazily.
 
-    Names are the model's state-dict names; checkpoints saved from the base model (GPT-2's hub
-    files say `h.0.attn…` for `transformer.h.0.attn…`) are matched without the base-model prefix,
-    as `from_pretrained` does.
+    Names are the model's state-dict names, as `from_pretrained` matches them: a checkpoint saved
+    from the base model (GPT-2's hub files say `h.0.attn…` for `transformer.h.0.attn…`) without the
+    base-model prefix, and a family's published names (GPT-NeoX's `embed_out` for `lm_head`) through
+    transformers' own renaming table, when `model` is given.
     """
 
-    def __init__(self, directory: Path, base_model_prefix: str = "") -> None:
+    def __init__(self, directory: Path, model: torch.nn.Module | None = None) -> None:
         self.directory = Path(directory)
-        self.base_model_prefix = base_model_prefix
+        self.base_model_prefix = getattr(model, "base_model_prefix", "") or ""
         self._file_of: dict[str, str] = {}
         self._headers: dict[str, tuple[list[int], torch.dtype]] = {}
         for file in sorted(self.directory.glob("*.safetensors")):
@@ -74,10 +90,13 @@ class CheckpointReader:
                     self._file_of[key] = file.name
         if not self._file_of:
             raise CompressError(f"no safetensors weights in {self.directory}")
+        self._renamed = _published_names(model, self._file_of) if model is not None else {}
 
     def _stored_name(self, name: str) -> str | None:
         if name in self._file_of:
             return name
+        if name in self._renamed:
+            return self._renamed[name]
         prefix = f"{self.base_model_prefix}."
         if self.base_model_prefix and name.startswith(prefix) and name.removeprefix(prefix) in self._file_of:
             return name.removeprefix(prefix)

@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from compress.architecture import inspect_architecture
 from compress.cache import cache_root
 from compress.errors import CompressError
 
@@ -167,6 +168,7 @@ def check_complete(gguf: Path, reader: Any | None = None) -> None:
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except (ValueError, KeyError, OSError, RuntimeError, TypeError) as exc:
         raise CompressError(f"transformers cannot read '{gguf}': {_first_line(exc)}") from exc
+    inspect_architecture(config)  # a model compress cannot walk is refused before dequantizing
     processor = _name_preserving_processor(architecture)
     if processor is None:
         return

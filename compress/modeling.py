@@ -19,23 +19,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.architecture import architecture_of, inspect_architecture, needs_remote_code
 from compress.checkpoint import open_safetensors
 from compress.errors import CompressError, UnsupportedArchitectureError
 from compress.gguf_source import convert_gguf, gguf_file_in
 
 MANIFEST_NAME = "compress.json"
-
-#: Architectures whose block discovery, loading and saving are covered by the test-suite.
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "gemma",
-    "phi3",
-    "gpt2",
-    "opt",
-)
 
 #: Files fetched from the hub: configs, tokenizers and safetensors weights (never pickles).
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
@@ -124,6 +113,9 @@ def _download_from_hub(repo_id: str, revision: str | None) -> Path:
     )
 
     try:
+        # The config first: a model nobody supports is refused before its weights are downloaded.
+        config_only = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["config.json"]))
+        _check_hub_config(repo_id, config_only / "config.json")
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILE_PATTERNS))
     except HFValidationError as exc:
         raise CompressError(f"'{repo_id}' is neither an existing directory nor a valid hub model id") from exc
@@ -140,6 +132,22 @@ def _download_from_hub(repo_id: str, revision: str | None) -> Path:
         raise CompressError(f"model '{repo_id}' has no revision '{revision}'") from exc
     except OSError as exc:
         raise CompressError(f"could not download '{repo_id}' from the hub: {exc}") from exc
+
+
+def _check_hub_config(repo_id: str, config_file: Path) -> None:
+    """The architecture check on a hub model's config.json alone (models with their own code are
+    judged after download, where --trust-remote-code is known)."""
+    from transformers import AutoConfig
+
+    if not config_file.is_file():
+        raise CompressError(f"hub model '{repo_id}' has no config.json, so it is not a transformers model")
+    if needs_remote_code(config_file):
+        return
+    try:
+        config = AutoConfig.from_pretrained(config_file.parent)
+    except (ValueError, OSError, KeyError) as exc:
+        raise CompressError(f"cannot read the config of '{repo_id}': {_first_line(exc)}") from exc
+    inspect_architecture(config)
 
 
 def resolve_model(reference: str | Path, revision: str | None = None) -> ModelSource:
@@ -175,22 +183,23 @@ def resolve_model(reference: str | Path, revision: str | None = None) -> ModelSo
 
 
 def load_config(source: ModelSource, trust_remote_code: bool = False):
-    """Load and check `config.json`: a causal LM of a supported architecture."""
+    """Load and check `config.json`: a causal LM whose decoder blocks are found (`architecture.py`)."""
     from transformers import AutoConfig
 
     try:
-        raw = json.loads((source.path / "config.json").read_text())
+        json.loads((source.path / "config.json").read_text())
     except json.JSONDecodeError as exc:
         raise CompressError(f"{source.path / 'config.json'} is not valid JSON: {exc}") from exc
-    model_type = raw.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES and not trust_remote_code:
-        raise UnsupportedArchitectureError(
-            f"unsupported architecture '{model_type}'; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
     try:
-        return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     except (ValueError, OSError, KeyError) as exc:
-        raise CompressError(f"cannot read the config of '{source.reference}': {exc}") from exc
+        raise CompressError(f"cannot read the config of '{source.reference}': {_first_line(exc)}") from exc
+    architecture_of(source.path, trust_remote_code)
+    return config
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def stored_dtype(model_config) -> torch.dtype:

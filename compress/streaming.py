@@ -37,7 +37,7 @@ class StreamedModel:
         self.model: nn.Module = model.eval()
         self.layout: DecoderLayout = discover_layout(self.model)
         self.device = device
-        self.reader = CheckpointReader(source.path, self.model.base_model_prefix)
+        self.reader = CheckpointReader(source.path, self.model)
         missing = [name for name, _ in self.model.named_parameters() if name not in self.reader]
         if missing:
             raise CompressError(

@@ -83,6 +83,73 @@ def _tiny_configs() -> dict[str, object]:
 
 ARCHITECTURES = tuple(_tiny_configs())
 
+#: Every further dense family the matrix proves (tests/test_families.py), each built from its own
+#: transformers config with the sizes of `_tiny_configs` and its special parts switched on: sliding
+#: windows short enough to mask inside a 32-token window, and both layer kinds present.
+_FAMILY_OVERRIDES: dict[str, dict] = {
+    "ministral": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},
+    "gemma2": {"sliding_window": 8},
+    "gemma3_text": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},
+    "gemma4_text": {
+        "sliding_window": 8,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "vocab_size_per_layer_input": TINY_VOCAB,
+        "hidden_size_per_layer_input": 16,
+        "global_head_dim": 8,
+    },
+    "phi": {},
+    "olmo2": {},
+    "olmo3": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},
+    "granite": {},
+    "smollm3": {},
+    "stablelm": {},
+    "cohere": {},
+    "cohere2": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},
+    "glm4": {},
+    "exaone4": {"sliding_window": 8, "layer_types": ["sliding_attention", "full_attention"]},
+    "starcoder2": {},
+    "gpt_neox": {},
+    "falcon": {"head_dim": None},
+    "helium": {},
+    "nemotron": {},
+    "bloom": {},
+    "mpt": {},
+}
+#: Sizes of the mixture-of-experts families' experts (their defaults are 128 experts of 768).
+_MOE_OVERRIDES: dict[str, dict] = {
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+}
+#: Mixture-of-experts families: their experts are stacked 3-D tensors (transformers 5).
+_MOE_FAMILIES = tuple(_MOE_OVERRIDES)
+
+
+def _family_config(model_type: str):
+    from transformers import AutoConfig
+
+    sizes = dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    options = {**sizes, **_FAMILY_OVERRIDES.get(model_type, {}), **_MOE_OVERRIDES.get(model_type, {})}
+    return AutoConfig.for_model(
+        model_type, **{key: value for key, value in options.items() if value is not None}
+    )
+
+
+#: The dense family matrix: the eight above and the further families.
+FAMILIES = ARCHITECTURES + tuple(_FAMILY_OVERRIDES)
+MOE_FAMILIES = _MOE_FAMILIES
+
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
@@ -108,7 +175,8 @@ def tiny_tokenizer(tiny_tokenizer_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Callable[[str], Path]:
-    """`tiny_model_dir("phi3")`: a saved random tiny model of that architecture, with a tokenizer."""
+    """`tiny_model_dir("phi3")`: a saved random tiny model of that architecture (any of FAMILIES
+    or MOE_FAMILIES), with a tokenizer."""
     from transformers import AutoModelForCausalLM
 
     configs = _tiny_configs()
@@ -117,7 +185,8 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir) -> Callable[[str], Path
     def make(architecture: str) -> Path:
         if architecture not in made:
             torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(configs[architecture])
+            config = configs.get(architecture) or _family_config(architecture)
+            model = AutoModelForCausalLM.from_config(config)
             path = tmp_path_factory.mktemp(f"tiny-{architecture}")
             model.save_pretrained(path)
             for file in tiny_tokenizer_dir.iterdir():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, TINY_VOCAB
+from conftest import ARCHITECTURES, TINY_VOCAB, assert_one_line_error
 
 from compress.errors import CompressError, UnsupportedArchitectureError
 from compress.modeling import (
@@ -113,6 +113,69 @@ def test_unsupported_architecture_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     with pytest.raises(UnsupportedArchitectureError, match="unsupported architecture 'bert'"):
         load_model(resolve_model(tmp_path), device="cpu")
+
+
+def _forbid_heavy_work(monkeypatch) -> None:
+    """Any weight download, GGUF dequantization or model load fails the test: a refusal must come first."""
+    import transformers
+
+    from compress import gguf_source
+
+    def heavy(*args, **kwargs):
+        raise AssertionError("heavy work started before the architecture was checked")
+
+    monkeypatch.setattr(gguf_source, "_convert", heavy)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", heavy)
+
+
+def _unsupported_gguf(path):
+    """A GGUF whose architecture transformers does not read as a causal LM."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_block_count(1)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["a", "b"])
+    writer.add_tensor("token_embd.weight", np.zeros((2, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _unsupported_hub_snapshot(cache, repo_id: str) -> None:
+    """The local hub cache holding only a config.json (an encoder) and a weight file too big to fetch."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "bert", "is_decoder": False}))
+
+
+@pytest.mark.parametrize("kind", ["directory", "gguf", "hub"])
+def test_a_model_nobody_supports_is_refused_in_one_line_before_any_heavy_work(
+    kind, run_cli, tmp_path, monkeypatch
+):
+    import huggingface_hub
+
+    if kind == "directory":
+        model = tmp_path / "encoder"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "bert", "is_decoder": False}))
+    elif kind == "gguf":
+        model = _unsupported_gguf(tmp_path / "encoder.gguf")
+    else:
+        model = "some-org/an-encoder"
+        _unsupported_hub_snapshot(tmp_path / "hub", model)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    _forbid_heavy_work(monkeypatch)
+    code, _, err = run_cli("quantize", model, "--bits", "4", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "bert")
+    assert not (tmp_path / "out").exists()
 
 
 def test_hub_id_offline_is_a_clear_error():

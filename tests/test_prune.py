@@ -149,7 +149,7 @@ def test_prune_refuses_unsupported_and_quantized(run_cli, tiny_model_dir, tmp_pa
     other.mkdir()
     (other / "config.json").write_text(json.dumps({**config, "model_type": "gpt_neox"}))
     code, _, err = run_cli("prune", other, "--mlp", "0.5", "-o", tmp_path / "c")
-    assert_one_line_error(code, err, "unsupported architecture")
+    assert_one_line_error(code, err, "structured pruning does not support 'gpt_neox'")
 
 
 @pytest.mark.parametrize(

@@ -161,9 +161,7 @@ def test_bad_quantization_requests(run_cli, demo, tiny_model_dir, tmp_path):
     tiny.write_text("def f():\n    return 1\n")
     rtn = compress.quantize(model, tmp_path / "rtn", method="rtn", bits=4, device="cpu")
     out = tmp_path / "out"
-    gpt2 = tiny_model_dir("gpt2")
     cases = [
-        (("quantize", gpt2, "-m", "awq", "--calib", CALIBRATION, "--out", out), "not support 'gpt2'"),
         (("quantize", model, "-m", "gptq", "--bits", "5", "--out", out), "supports --bits"),
         (("quantize", model, "--method", "nf4", "--bits", "8", "--out", out), "supports --bits 4"),
         (("quantize", model, "-m", "rtn", "--group-size", "100", "--out", out), "does not divide the input"),

@@ -142,10 +142,16 @@ def test_calibration_batches_share_one_copy_of_equal_block_arguments(tiny_model_
     from compress.modeling import discover_layout, load_model
 
     model = load_model(resolve_model(tiny_model_dir("llama")), "float32", "cpu")
-    inputs = capture_block_inputs(model, discover_layout(model), torch.randint(0, 100, (5, 16)), 2)
-    first, last = inputs.kwargs[0]["position_embeddings"], inputs.kwargs[-1]["position_embeddings"]
+    captured = capture_block_inputs(model, discover_layout(model), torch.randint(0, 100, (5, 16)), 2)
+    inputs = captured.first
+    first, last = (
+        inputs.arguments[0][1]["position_embeddings"],
+        inputs.arguments[-1][1]["position_embeddings"],
+    )
     assert len(inputs.hidden) == 3 and all(a is b for a, b in zip(first, last, strict=True))
     assert inputs.hidden[0].data_ptr() != inputs.hidden[1].data_ptr()
+    later = captured.per_block[-1][-1][1]["position_embeddings"]  # blocks of one kind share them too
+    assert all(a is b for a, b in zip(first, later, strict=True))
 
 
 def test_finished_layers_wait_for_their_block_as_packed_bits(tiny_model_dir, tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.calibrate import BlockInputs, calibrate_sequentially, run_block
+from compress.calibrate import BlockInputs, block_output, calibrate_sequentially, run_block
 from compress.modeling import DecoderLayout, discover_layout
 from compress.prune.geometry import Architecture, Geometry, architecture, geometry
 
@@ -160,10 +160,6 @@ def taylor_scores(model: nn.Module, calibration: torch.Tensor, need: set[str]) -
             parameter.requires_grad_(False)
 
 
-def _block_output(output) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
 def activation_scores(model: nn.Module, calibration: torch.Tensor, need: set[str]) -> Scores:
     """Activation statistics (Minitron's, heads through the output projection) and block influence,
     block by block through the engine."""
@@ -192,7 +188,7 @@ def activation_scores(model: nn.Module, calibration: torch.Tensor, need: set[str
 
         def on_block(module, args, kwargs, output):
             before = (args[0] if args else kwargs["hidden_states"]).detach().float()
-            after = _block_output(output).detach().float()
+            after = block_output(output).detach().float()
             influence[index] += (1 - F.cosine_similarity(before, after, dim=-1)).sum().cpu() / tokens
 
         hooks: list[tuple[str, Callable]] = []

@@ -6,7 +6,7 @@ s = x̄^α / w̄^(1−α) over a grid of α, minimizing the error of the group's
 inputs after quantization; divide the producing norm (or linear) by s and multiply the linears'
 input columns by s (an exact rewrite of the float model). Then search, per output row and group,
 how far to clip the weights' range, and round to the grid. Which operation feeds which linears is
-architecture knowledge: `SCALE_GROUPS` states it per model type, and other types are refused.
+found by probing each block (`scale_groups.py`), so every family gets the folds it allows.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from compress.calibrate import (
     no_hook,
     record_stage,
 )
-from compress.errors import CompressError
 from compress.modeling import DecoderLayout, LinearLayer
 from compress.quantize.calibrated import (
     BlockDone,
@@ -34,39 +33,13 @@ from compress.quantize.calibrated import (
 )
 from compress.quantize.config import QuantizeConfig
 from compress.quantize.rtn import effective_group_size, rtn_quantize
+from compress.quantize.scale_groups import find_scale_groups
 
-_LLAMA_GROUPS = [
-    ("input_layernorm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-    ("self_attn.v_proj", ["self_attn.o_proj"]),
-    ("post_attention_layernorm", ["mlp.gate_proj", "mlp.up_proj"]),
-    ("mlp.up_proj", ["mlp.down_proj"]),
-]
-#: (operation whose output is scaled down, linears whose input columns are scaled up), in order.
-SCALE_GROUPS: dict[str, list[tuple[str, list[str]]]] = {
-    "llama": _LLAMA_GROUPS,
-    "mistral": _LLAMA_GROUPS,
-    "qwen2": _LLAMA_GROUPS,
-    "qwen3": _LLAMA_GROUPS,
-    "opt": [
-        ("self_attn_layer_norm", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-        ("self_attn.v_proj", ["self_attn.out_proj"]),
-        ("final_layer_norm", ["fc1"]),
-        ("fc1", ["fc2"]),  # ReLU commutes with a positive scale
-    ],
-}
 RATIO_GRID = 20
 CLIP_GRID = 20
 CLIP_MIN_SHRINK = 0.5
 MAX_SEARCH_TOKENS = 4096
 CLIP_TOKENS = 512
-
-
-def check_supported(model_type: str) -> None:
-    if model_type not in SCALE_GROUPS:
-        raise CompressError(
-            f"awq does not support '{model_type}': its scale folding is defined for "
-            f"{', '.join(SCALE_GROUPS)}; use gptq instead"
-        )
 
 
 def _fake_quantize(weight: torch.Tensor, config: QuantizeConfig) -> torch.Tensor:
@@ -107,20 +80,6 @@ def search_scale(x: torch.Tensor, weights: list[torch.Tensor], config: QuantizeC
     return best_scale
 
 
-def _fold_scale(block: nn.Module, producer: str, consumers: list[LinearLayer], scale: torch.Tensor) -> None:
-    """Divide the producer's output by `scale` and multiply the consumers' input columns by it."""
-    module = block.get_submodule(producer)
-    with torch.no_grad():
-        if isinstance(module, nn.Linear):
-            module.weight.div_(scale.unsqueeze(1).to(module.weight.dtype))
-        else:
-            module.weight.div_(scale.to(module.weight.dtype))
-        if getattr(module, "bias", None) is not None:
-            module.bias.div_(scale.to(module.bias.dtype))
-        for layer in consumers:
-            layer.module.weight.mul_(scale.unsqueeze(0).to(layer.module.weight.dtype))
-
-
 def search_clip(weight: torch.Tensor, x: torch.Tensor, config: QuantizeConfig) -> torch.Tensor:
     """The weight with each (row, group) range clipped where that lowers the output error."""
     out_features, in_features = weight.shape
@@ -155,7 +114,6 @@ def quantize_awq(
     layer_done: LayerDone = keep_result,
 ) -> list[LayerResult]:
     """AWQ over every block: scale search and folding, clip search, then rounding."""
-    check_supported(model.config.model_type)
     results: list[LayerResult] = []
 
     def collect(block: nn.Module, inputs: BlockInputs, layers: list[LinearLayer]) -> dict[str, torch.Tensor]:
@@ -167,15 +125,11 @@ def quantize_awq(
 
     def transform(index: int, block: nn.Module, inputs: BlockInputs, stages: list[list[LinearLayer]]) -> None:
         layers = {layer.name: layer for stage in stages for layer in stage}
-        for producer, names in SCALE_GROUPS[model.config.model_type]:
-            consumers = [layers[name] for name in names if name in layers]
-            producer_module = block.get_submodule(producer)
-            width = consumers[0].in_features
-            if isinstance(producer_module, nn.Linear) and producer_module.out_features != width:
-                continue  # grouped-query attention: v_proj's output is narrower than o_proj's input
+        for group in find_scale_groups(block, inputs, stages):
+            consumers = [layers[name] for name in group.consumers]
             x = collect(block, inputs, consumers[:1])[consumers[0].name]
             scale = search_scale(x, [weight_matrix(layer) for layer in consumers], config)
-            _fold_scale(block, producer, consumers, scale)
+            group.fold(block, layers, scale)
         observed = collect(block, inputs, list(layers.values()))
         for name, layer in layers.items():
             clipped = search_clip(

@@ -129,7 +129,7 @@ class PackedWriter:
         self.config = config
         self.fmt = fmt
         self.blocks_path, _ = find_decoder_blocks(model)
-        self.reader = CheckpointReader(source.path, model.base_model_prefix)
+        self.reader = CheckpointReader(source.path, model)
         self.shards = ShardWriter(directory, max_shard_bytes)
         self._outside = [name for name in model.state_dict() if not name.startswith(f"{self.blocks_path}.")]
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from compress import console
+from compress.architecture import architecture_of, require_linear_weights
 from compress.artifact import (
     DENSE_FORMAT,
     api_call,
@@ -136,10 +137,6 @@ def _packed(
             model, layout = streamed.model, streamed.layout
     check_group_size(layout, config)
     config = with_default_group(layout, config)
-    if config.method == "awq":
-        from compress.quantize.awq import check_supported
-
-        check_supported(model.config.model_type)
     shapes = layer_shapes(layout, config)
     _note_small_groups(shapes)
     fmt = packed_format(config, shapes)
@@ -237,6 +234,10 @@ def quantize(
     inputs = command_inputs(source, options=config)
     check_output_dir(out_path, force, inputs)
     reject_quantized(source, trust_remote_code)
+    if config.method not in CAST_DTYPES:
+        require_linear_weights(
+            architecture_of(source.path, trust_remote_code), f"--method {config.method}", "use fp16 or bf16"
+        )
 
     timer = PhaseTimer()
     if config.method in CAST_DTYPES:

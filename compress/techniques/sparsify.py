@@ -194,6 +194,7 @@ def _sparsify(model: Any, layout: Any, input_ids: Any, config: SparsifyConfig) -
 
 def run(source: str | Path, config: SparsifyConfig, out: Path | None, context: RunContext) -> Path:
     """Load, calibrate, zero, and publish a dense artifact with the sparsity per layer in its manifest."""
+    from compress.architecture import architecture_of, require_linear_weights
     from compress.artifact import (
         DENSE_FORMAT,
         api_call,
@@ -221,6 +222,11 @@ def run(source: str | Path, config: SparsifyConfig, out: Path | None, context: R
     inputs = command_inputs(model_source, options=config)
     check_output_dir(out_path, context.force, inputs)
     reject_quantized(model_source, context.trust_remote_code)
+    require_linear_weights(
+        architecture_of(model_source.path, context.trust_remote_code),
+        "sparsify",
+        "its experts would stay dense",
+    )
     device = resolve_device(config.device)
     timer = PhaseTimer()
     with timer.phase("load"):
