@@ -277,10 +277,12 @@ def packed_layer_statistics(directory: Path, quantization: dict) -> dict[str, An
     """
     if quantization.get("quant_method") not in ("gptq", "awq"):
         return None
-    from compress.quantize.kernels import LayerSpec, plan_kernel
+    from compress.quantize.kernels import KernelPlan, LayerSpec, plan_kernel
+    from compress.quantize.qlinear import dynamic_override
     from compress.quantize.runtime import runtime_dtype
+    from compress.quantize.vocab import EMBEDDING_KEY, LOOKUP_KERNEL
 
-    bits = int(quantization["bits"])
+    embedding = (quantization.get(EMBEDDING_KEY) or {}).get("module")
     device = resolve_device("auto")
     dtype = runtime_dtype(device)
     parameters = data_bytes = layers = 0
@@ -291,6 +293,7 @@ def packed_layer_statistics(directory: Path, quantization: dict) -> dict[str, An
             keys = list(handle.keys())
             for key in (k for k in keys if k.endswith(".qweight")):
                 prefix = key.removesuffix("qweight")
+                bits = dynamic_override(prefix[:-1], quantization, "bits", int(quantization["bits"]))
                 rows, columns = handle.get_slice(key).get_shape()
                 groups = handle.get_slice(f"{prefix}scales").get_shape()[0]
                 if quantization["quant_method"] == "gptq":
@@ -303,6 +306,8 @@ def packed_layer_statistics(directory: Path, quantization: dict) -> dict[str, An
                     in_features, out_features, contiguous = rows, columns * 32 // bits, True
                 spec = LayerSpec(in_features, out_features, bits, -(-in_features // groups), contiguous)
                 plan = plan_kernel(spec, device.type, dtype)
+                if prefix[:-1] == embedding:  # looked up by rows, not multiplied
+                    plan = KernelPlan(LOOKUP_KERNEL)
                 kernels[plan.kernel] += 1
                 if plan.note:
                     notes[plan.note] += 1

@@ -428,3 +428,43 @@ def test_pareto_front():
     # (size, kld): the middle point is beaten on both axes by the first.
     assert pareto_front([(1.0, 0.1), (2.0, 0.2), (3.0, 0.01), (0.5, 0.5)]) == [0, 2, 3]
     assert pareto_front([(10.0, 0.1), (20.0, 0.2)], maximize_x=True) == [0, 1]
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gpt2"])
+def test_scoring_by_position_slices_equals_scoring_whole_batches(
+    family, tiny_model_dir, tmp_path, monkeypatch
+):
+    """Large vocabularies are scored a slice of positions at a time (the model's body runs once,
+    its head and logit processing per slice: Gemma 2's soft-capping included); the NLL, the
+    baseline store and the divergence are those of whole batches, to float rounding."""
+    from compress.evaluate import scoring
+    from compress.evaluate.suite import StoreLayout
+
+    baseline = load_model(resolve_model(tiny_model_dir(family)), "float32", "cpu")
+    artifact = load_model(resolve_model(tiny_model_dir(family)), "float32", "cpu")
+    with torch.no_grad():
+        for parameter in artifact.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)) * 0.01)
+    ids = torch.randint(0, 300, (5, 48), generator=torch.Generator().manual_seed(0))
+    layout = StoreLayout(topk=16, tail_samples=8, storage_dtype="float16")
+
+    def score(chunk_bytes: int, name: str):
+        monkeypatch.setattr(scoring, "LOG_PROB_CHUNK_BYTES", chunk_bytes)
+        written = scoring.write_baseline_store(baseline, ids, 2, tmp_path / name, layout, {})
+        scored = scoring.score_pass(artifact, ids, 2, scoring.BaselineStore(tmp_path / name))
+        return written.window_nll, scored.window_nll, scored.divergence.summary()
+
+    whole, sliced = score(2**30, "whole"), score(2 * 4 * 300 * 5, "sliced")  # 5 positions a slice
+    torch.testing.assert_close(sliced[0], whole[0], rtol=1e-6, atol=1e-4)
+    torch.testing.assert_close(sliced[1], whole[1], rtol=1e-6, atol=1e-4)
+    assert sliced[2]["kld"]["mean"] == pytest.approx(whole[2]["kld"]["mean"], rel=1e-4)
+    assert sliced[2]["same_top1"] == whole[2]["same_top1"]
+
+
+def test_speed_reports_the_output_heads_share_of_a_decode_step(tiny_model_dir):
+    from compress.evaluate.speed import measure_speed
+
+    model = load_model(resolve_model(tiny_model_dir("llama")), "float32", "cpu")
+    settings = SpeedSettings(prompt_tokens=8, new_tokens=4, batch_sizes=[1], warmup=0, repeats=1)
+    share = measure_speed(model, settings)["head_share_pct"]["1"]
+    assert 0 < share < 100

@@ -68,6 +68,7 @@ def comparison_rows(results: list[ModelResult]) -> list[dict[str, Any]]:
             "same_top1": m.get("same_top1"),
             "decode_tok_s": speed,
             "speed_x": _speed_ratio(result, speed, base_speed),
+            "head_share_pct": _get(m, "speed", "head_share_pct", "1"),
             "usd_per_1m_tokens": _get(m, "cost", "usd_per_1m_tokens"),
             "gates": f"{sum(g['passed'] for g in result.gates)}/{len(result.gates)}"
             if result.gates
@@ -114,6 +115,8 @@ def _cells(row: dict[str, Any], tasks: list[str]) -> list[str]:
     speed = number(row["decode_tok_s"], ".1f")
     if row["speed_x"] and row["role"] != "baseline":
         speed += f" ({row['speed_x']:.2f}×)"
+    if row.get("head_share_pct") is not None:  # the output head's share of a decode step
+        speed += f" head {row['head_share_pct']:.0f}%"
     return [
         row["name"],
         row["method"],

@@ -46,13 +46,14 @@ class TopK:
         targets: torch.Tensor,
         k: int,
         tail_samples: int = 0,
-        generator: torch.Generator | None = None,
+        offsets: torch.Tensor | None = None,
     ) -> TopK:
         """Summarize full log-probs [positions, vocab]. `tail_samples` tokens per position are
         drawn from P restricted to the tokens outside the top K by systematic sampling: the tail,
         in decreasing probability, is cut into `tail_samples` equal shares of its mass and one
-        token is taken at the same random offset (`generator`) in each share, which keeps the
-        estimate unbiased with far less variance than independent draws."""
+        token is taken at the same random offset in each share (`offsets` [positions, 1], uniform
+        in [0, 1); drawn here when not given), which keeps the estimate unbiased with far less
+        variance than independent draws."""
         ordered, order = log_probs.sort(dim=-1, descending=True)
         k = min(k, log_probs.shape[-1])
         index, values = order[:, :k], ordered[:, :k]
@@ -64,7 +65,7 @@ class TopK:
         tail_index = index.new_zeros(index.shape[0], tail_samples)
         if tail_samples and tail.shape[-1]:
             cumulative = (tail - tail_log_mass.unsqueeze(-1)).exp().cumsum(dim=-1)
-            offset = torch.rand(index.shape[0], 1, generator=generator).to(log_probs.device)  # CPU generator
+            offset = (offsets if offsets is not None else torch.rand(index.shape[0], 1)).to(log_probs.device)
             shares = (torch.arange(tail_samples, device=log_probs.device) + offset) / tail_samples
             position = torch.searchsorted(cumulative, shares).clamp(max=tail.shape[-1] - 1)
             tail_index = order[:, k:].gather(-1, position)

@@ -67,6 +67,7 @@ def speed_keys(batch_sizes: Iterable[int]) -> Schema:
         "ttft_ms": NUMBER,
         "decode_tok_s": per_batch,
         "decode_spread_pct": dict(per_batch),
+        "head_share_pct": dict(per_batch),
         "latency_ms": dict.fromkeys(("p50", "p95", "p99"), NUMBER),
         "prompt_tokens": NUMBER,
         "new_tokens": NUMBER,

@@ -10,7 +10,10 @@ cost one baseline pass, not N. The store keeps either the full log-probabilities
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,31 +71,120 @@ _TOPK_FIELDS = (
 )
 
 
-def _chunk(log_probs: torch.Tensor, targets: torch.Tensor, layout: StoreLayout, generator) -> dict:
-    """One batch as the store keeps it (`StoreLayout.bytes_per_position` per scored position)."""
+def _stored(chunk: LogProbChunk, layout: StoreLayout, offsets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One slice of a batch as the store keeps it (`StoreLayout.bytes_per_position` per scored
+    position); `offsets` [batch, positions, 1] are the tail samples' random offsets. A top-K
+    summary sorts each position's vocabulary (values and int64 indices: 12 bytes a token), so it
+    is taken a few positions at a time."""
+    log_probs, targets = chunk.log_probs, chunk.targets
     if layout.topk is None:
-        dtype = _STORAGE_DTYPES[layout.storage_dtype]
-        return {"log_probs": log_probs.to(dtype).cpu().contiguous()}
+        return {"log_probs": log_probs.to(_STORAGE_DTYPES[layout.storage_dtype]).cpu()}
     batch, positions, vocab = log_probs.shape
-    top = TopK.of(
-        log_probs.reshape(-1, vocab), targets.reshape(-1), layout.topk, layout.tail_samples, generator
+    flat, flat_targets, flat_offsets = (
+        log_probs.reshape(-1, vocab),
+        targets.reshape(-1),
+        offsets.reshape(-1, 1),
     )
-    chunk = {}
+    rows = max(1, LOG_PROB_CHUNK_BYTES // (16 * vocab))
+    parts = [
+        TopK.of(
+            flat[i : i + rows],
+            flat_targets[i : i + rows],
+            layout.topk,
+            layout.tail_samples,
+            flat_offsets[i : i + rows],
+        )
+        for i in range(0, flat.shape[0], rows)
+    ]
+    stored = {}
     for name in _TOPK_FIELDS:
-        value = getattr(top, name)
+        value = torch.cat([getattr(part, name) for part in parts])
         value = value.to(torch.int32) if value.dtype == torch.long else value
-        chunk[f"topk.{name}"] = value.reshape(batch, positions, *value.shape[1:]).cpu().contiguous()
-    return chunk
+        stored[f"topk.{name}"] = value.reshape(batch, positions, *value.shape[1:]).cpu()
+    return stored
+
+
+def _joined(pieces: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A batch's slices joined along positions: one chunk file per batch, as the store reads it."""
+    return {name: torch.cat([piece[name] for piece in pieces], dim=1).contiguous() for name in pieces[0]}
+
+
+def _positions(base: torch.Tensor | TopK, span: slice) -> torch.Tensor | TopK:
+    """A baseline window's entries at `span`."""
+    if isinstance(base, TopK):
+        return TopK(*(getattr(base, name)[span] for name in _TOPK_FIELDS))
+    return base[span]
 
 
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _batch_log_probs(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """fp32 log-probabilities of the next token at every position but the last: [b, t-1, vocab]."""
-    logits = model(input_ids=batch.to(_device_of(model))).logits[:, :-1]
-    return F.log_softmax(logits.float(), dim=-1)
+#: Bytes of float32 log-probabilities computed at once. A batch of 8 windows of 512 tokens at a
+#: 262,144-token vocabulary (Gemma 3) is 4.3 GB of logits, and log-softmax doubles it: the output
+#: head runs on slices of positions instead, so memory does not grow with the vocabulary.
+LOG_PROB_CHUNK_BYTES = 256 * 2**20
+
+
+@dataclass
+class LogProbChunk:
+    """Log-probabilities of the next token at positions `positions` of every window in a batch."""
+
+    positions: slice
+    log_probs: torch.Tensor  # [batch, positions, vocab] float32
+    targets: torch.Tensor  # [batch, positions]
+
+
+def _keeps_logits(model: nn.Module) -> bool:
+    """Whether the model's forward computes logits only at chosen positions (`logits_to_keep`)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters and hasattr(model, "base_model")
+
+
+@contextmanager
+def _body_once(model: nn.Module) -> Iterator[None]:
+    """While open, the model's body (everything before the output head) runs once per input: its
+    output is kept from the first call and handed back to every later one, so the head and the
+    family's own logit processing (Gemma's soft-capping, Cohere's and Granite's logit scales) run
+    per slice of positions through the model's own forward."""
+    body = model.base_model
+    kept: dict[str, object] = {}
+    call = body.forward
+
+    def forward(*args, **kwargs):
+        if "output" not in kept:
+            kept["output"] = call(*args, **kwargs)
+        return kept["output"]
+
+    body.forward = forward
+    try:
+        yield
+    finally:
+        del body.forward
+
+
+def log_prob_chunks(model: nn.Module, batch: torch.Tensor) -> Iterator[LogProbChunk]:
+    """The batch's next-token log-probabilities, position slice by position slice, each small
+    enough for `LOG_PROB_CHUNK_BYTES` (models without `logits_to_keep`, such as llama.cpp's
+    runtime, compute all logits at once; their log-softmax is still taken by slices)."""
+    device = _device_of(model)
+    batch = batch.to(device)
+    targets = batch[:, 1:]
+    positions = targets.shape[1]
+    vocab = model.config.get_text_config().vocab_size
+    step = max(1, LOG_PROB_CHUNK_BYTES // (4 * vocab * batch.shape[0]))
+    if not _keeps_logits(model):
+        logits = model(input_ids=batch).logits
+        for start in range(0, positions, step):
+            span = slice(start, min(start + step, positions))
+            yield LogProbChunk(span, F.log_softmax(logits[:, span].float(), dim=-1), targets[:, span])
+        return
+    with _body_once(model):
+        for start in range(0, positions, step):
+            span = slice(start, min(start + step, positions))
+            keep = torch.arange(span.start, span.stop, device=device)
+            logits = model(input_ids=batch, logits_to_keep=keep, use_cache=False).logits
+            yield LogProbChunk(span, F.log_softmax(logits.float(), dim=-1), targets[:, span])
+            del logits
 
 
 def _nll(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -118,12 +210,15 @@ def score_pass(
         task = bar.add_task(description, total=len(batches), status="")
         for index, start in enumerate(batches):
             batch = input_ids[start : start + batch_size]
-            targets = batch[:, 1:].to(_device_of(model))
-            log_probs = _batch_log_probs(model, batch)
-            sums.append(_nll(log_probs, targets))
-            if divergence is not None:
-                for row, base in enumerate(baseline.rows(index, log_probs.device)):
-                    divergence.add(base, log_probs[row], targets[row])
+            rows = baseline.rows(index, _device_of(model)) if baseline is not None else None
+            nll = torch.zeros(batch.shape[0], dtype=torch.float64)
+            for chunk in log_prob_chunks(model, batch):
+                nll += _nll(chunk.log_probs, chunk.targets)
+                for row, base in enumerate(rows or ()):
+                    divergence.add(
+                        _positions(base, chunk.positions), chunk.log_probs[row], chunk.targets[row]
+                    )
+            sums.append(nll)
             bar.update(task, advance=1)
     return PassResult(torch.cat(sums), divergence)
 
@@ -146,11 +241,14 @@ def write_baseline_store(
         task = bar.add_task("scoring the baseline", total=len(batches), status="")
         for index, start in enumerate(batches):
             batch = input_ids[start : start + batch_size]
-            log_probs = _batch_log_probs(model, batch)
-            targets = batch[:, 1:].to(log_probs.device)
-            sums.append(_nll(log_probs, targets))
-            chunk = _chunk(log_probs, targets, layout, generator)
-            save_file(chunk, staging / f"chunk_{index:05d}.safetensors")
+            nll = torch.zeros(batch.shape[0], dtype=torch.float64)
+            offsets = torch.rand(batch.shape[0], batch.shape[1] - 1, 1, generator=generator)
+            pieces = []
+            for chunk in log_prob_chunks(model, batch):
+                nll += _nll(chunk.log_probs, chunk.targets)
+                pieces.append(_stored(chunk, layout, offsets[:, chunk.positions]))
+            sums.append(nll)
+            save_file(_joined(pieces), staging / f"chunk_{index:05d}.safetensors")
             bar.update(task, advance=1)
         window_nll = torch.cat(sums)
         record = {**meta, "batch_size": batch_size, "layout": layout.describe()}

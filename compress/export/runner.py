@@ -52,7 +52,13 @@ def _load(source: ModelSource, trust_remote_code: bool) -> tuple[torch.nn.Module
     kind = artifact_format(source)
     if kind in PACKED_FORMATS:
         from compress.quantize.packed import load_packed
+        from compress.quantize.vocab import EMBEDDING_KEY
 
+        if EMBEDDING_KEY in (load_config(source, trust_remote_code).quantization_config or {}):
+            raise CompressError(
+                "this artifact's embedding table is quantized (--embedding-bits), which GGUF export does not "
+                "carry over; export the source model (llama.cpp quantizes the embedding its own way)"
+            )
         return load_packed(source, "cpu", "float32"), True
     if kind != DENSE_FORMAT:
         raise CompressError(f"GGUF export reads dense models and GPTQ/AWQ/RTN artifacts, not '{kind}' ones")

@@ -36,6 +36,8 @@ PACKED_METHODS = ("rtn", "gptq", "awq")
 #: bitsandbytes' 4-bit methods: the only ones with quantized scales and a matmul dtype to choose.
 BNB_4BIT_METHODS = ("nf4", "fp4")
 DEFAULT_DAMP_PERCENT = 0.01
+#: Bit widths of a quantized output head or embedding: 8 runs on the int8 kernel, 4 on the int4 one.
+VOCAB_BITS = (8, 4)
 
 
 class QuantizeConfig(BaseModel):
@@ -95,6 +97,16 @@ class QuantizeConfig(BaseModel):
     max_memory: str | None = Field(
         None, description="rtn/gptq/awq: keep the model on disk and stream one block at a time (e.g. 8GB)."
     )
+    head_bits: int | None = Field(
+        None,
+        description="rtn/gptq/awq: quantize the output head too: 8 (one scale per row, int8 kernel) or 4 "
+        "(the artifact's groups, int4 kernel). Unset: float.",
+    )
+    embedding_bits: int | None = Field(
+        None,
+        description="rtn/gptq/awq: quantize the embedding table (rows dequantized as looked up): 8 or 4. "
+        "Such an artifact runs on compress's runtime only. Unset: float.",
+    )
     keep_dtype: bool = Field(
         False,
         description="rtn/gptq/awq: store embeddings, lm_head and norms in the source's dtype (default: "
@@ -124,6 +136,9 @@ class QuantizeConfig(BaseModel):
             raise ValueError(f"method {self.method} supports --bits {supported}, not {self.bits}")
         if self.group_size is not None and (self.group_size == 0 or self.group_size < -1):
             raise ValueError(f"--group-size must be -1 or positive, not {self.group_size}")
+        for option, value in (("--head-bits", self.head_bits), ("--embedding-bits", self.embedding_bits)):
+            if value is not None and value not in VOCAB_BITS:
+                raise ValueError(f"{option} must be one of {', '.join(map(str, VOCAB_BITS))}, not {value}")
         if self.max_memory is not None:
             if self.method not in PACKED_METHODS:
                 raise ValueError(
@@ -147,6 +162,12 @@ class QuantizeConfig(BaseModel):
             (self.group_size is not None and not packed, "--group-size", "groups apply to rtn, gptq and awq"),
             (self.sym is not None and not packed, "--sym/--asym", "the grid applies to rtn, gptq and awq"),
             (self.keep_dtype and not packed, "--keep-dtype", "it applies to the packed rtn, gptq and awq"),
+            (self.head_bits is not None and not packed, "--head-bits", "it applies to rtn, gptq and awq"),
+            (
+                self.embedding_bits is not None and not packed,
+                "--embedding-bits",
+                "it applies to rtn, gptq and awq",
+            ),
             (self.act_order is not None and method != "gptq", "--act-order", "only gptq orders columns"),
             (
                 self.damp_percent != DEFAULT_DAMP_PERCENT and method != "gptq",

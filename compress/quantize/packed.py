@@ -40,9 +40,18 @@ from compress.quantize.packing import (
     pack_awq,
     pack_gptq,
     packed_shapes,
+    unpack_awq,
+    unpack_gptq,
 )
-from compress.quantize.qlinear import QuantLinear, quantized_module_names, replace_with_quant_linears
+from compress.quantize.qlinear import (
+    QuantLinear,
+    dynamic_override,
+    layer_format,
+    quantized_module_names,
+    replace_with_quant_linears,
+)
 from compress.quantize.rtn import effective_group_size
+from compress.quantize.vocab import EMBEDDING_KEY, QuantEmbedding, VocabPlan
 
 FORMATS = {"gptq": "gptq-packed", "awq": "awq-gemm"}
 
@@ -64,7 +73,7 @@ def packed_format(config: QuantizeConfig, shapes: list[tuple[int, int, int]]) ->
     """AWQ results go in AWQ's GEMM layout when it can hold them (4-bit, output widths a multiple
     of 8); otherwise, like every other packed result, in the GPTQ layout (valid for AWQ's integers:
     contiguous groups, zero points stored)."""
-    if config.method != "awq" or config.bits != 4:
+    if config.method != "awq" or config.bits != 4 or 8 in (config.head_bits, config.embedding_bits):
         return "gptq"
     for in_features, out_features, group_size in shapes:
         try:
@@ -87,7 +96,12 @@ def _dynamic_overrides(results: list[LayerResult], blocks_path: str, group_size:
 
 
 def quantization_config_for(
-    config: QuantizeConfig, fmt: str, results: list[LayerResult], blocks_path: str
+    config: QuantizeConfig,
+    fmt: str,
+    results: list[LayerResult],
+    blocks_path: str,
+    vocab: VocabPlan | None = None,
+    vocab_results: list[LayerResult] = (),
 ) -> dict:
     # The most common effective group size is the nominal one; layers that differ get an override.
     nominal = Counter(r.group_size for r in results).most_common(1)[0][0]
@@ -98,8 +112,21 @@ def quantization_config_for(
             config.bits, nominal, config.symmetric, desc_act=False, damp_percent=config.damp_percent
         )
     dynamic = _dynamic_overrides(results, blocks_path, nominal)
+    for result in vocab_results:  # gptqmodel's per-module overrides: the head's own bits and groups
+        dynamic[rf"+:^{re.escape(result.name)}$"] = {
+            "bits": result.weight.bits,
+            "group_size": result.group_size,
+        }
     if dynamic:
         entry["dynamic"] = dynamic
+    if vocab is not None and vocab.head is not None:
+        entry["lm_head"] = True
+    if vocab is not None and vocab.embedding is not None:
+        entry[EMBEDDING_KEY] = {
+            "module": vocab.embedding,
+            "bits": vocab.embedding_bits,
+            "shared_with": vocab.head if vocab.shared else None,
+        }
     entry["quantizer"] = f"compress:{config.method}"
     return entry
 
@@ -178,30 +205,85 @@ class PackedWriter:
             else:
                 self.shards.add(prefix + name, self._stored_dtype(prefix + name, tensor))
 
-    def finish(self, results: list[LayerResult]) -> dict:
-        """Copy the tensors outside the blocks, name the shards, write the configs; returns the
-        `quantization_config` written."""
+    def vocab_weights(self, vocab: VocabPlan) -> dict[str, torch.Tensor]:
+        """The float matrices of the head and embedding `vocab` quantizes, from the source (a
+        tied head's is the embedding's, which is all the checkpoint stores)."""
+        weights = {}
+        for name in (vocab.head, vocab.embedding):
+            if name is not None:
+                stored = (
+                    f"{name}.weight" if f"{name}.weight" in self.reader else f"{vocab.embedding_name}.weight"
+                )
+                weights[name] = self.reader.get(stored)
+        return weights
+
+    def _copy(self, name: str, stored_as: str | None = None) -> None:
+        """A float tensor from the source checkpoint (`stored_as`: under another name)."""
+        source = stored_as or name
+        shape, dtype = self.reader.header(source)
+        stored = self._artifact_dtype(source, dtype)
+        if math.prod(shape) * stored.itemsize <= self.shards.max_shard_bytes:
+            self.shards.add(name, self._stored_dtype(source, self.reader.get(source)))
+        else:  # larger than a shard (an embedding, streamed): converted and written by rows
+            rows = (self._stored_dtype(source, chunk) for _, chunk in self.reader.row_chunks(source))
+            self.shards.add_in_chunks(name, shape, stored, rows)
+
+    def finish(
+        self,
+        results: list[LayerResult],
+        vocab: VocabPlan | None = None,
+        vocab_results: list[LayerResult] = (),
+    ) -> dict:
+        """Copy the tensors outside the blocks (or their packed form: a quantized head and
+        embedding), name the shards, write the configs; returns the `quantization_config` written."""
+        quantized = {f"{result.name}.weight" for result in vocab_results}
+        if vocab is not None and vocab.shared:
+            quantized.add(f"{vocab.embedding}.weight")  # the head's integers stand for both
         for name in self._outside:
-            if name not in self.reader:  # tied `lm_head.weight` is not stored, as transformers saves it
+            if name in quantized:
                 continue
-            shape, dtype = self.reader.header(name)
-            stored = self._artifact_dtype(name, dtype)
-            if math.prod(shape) * stored.itemsize <= self.shards.max_shard_bytes:
-                self.shards.add(name, self._stored_dtype(name, self.reader.get(name)))
-            else:  # larger than a shard (an embedding, streamed): converted and written by rows
-                rows = (self._stored_dtype(name, chunk) for _, chunk in self.reader.row_chunks(name))
-                self.shards.add_in_chunks(name, shape, stored, rows)
+            if name in self.reader:
+                self._copy(name)
+            elif vocab is not None and vocab.unties and name == f"{vocab.head_name}.weight":
+                self._copy(name, stored_as=f"{vocab.embedding_name}.weight")  # a float head, now its own
+        for result in vocab_results:
+            for key, value in (pack_awq if self.fmt == "awq" else pack_gptq)(result.weight).items():
+                self.shards.add(f"{result.name}.{key}", value)
         self.shards.finish()
-        quantization = quantization_config_for(self.config, self.fmt, results, self.blocks_path)
+        quantization = quantization_config_for(
+            self.config, self.fmt, results, self.blocks_path, vocab, vocab_results
+        )
         load_config(self.source).save_pretrained(self.directory)
         config_file = self.directory / "config.json"
         raw = json.loads(config_file.read_text())
         raw["quantization_config"] = quantization
+        if vocab is not None and vocab.unties:
+            raw["tie_word_embeddings"] = False
         config_file.write_text(json.dumps(raw, indent=2) + "\n")
         generation = self.source.path / "generation_config.json"
         if generation.is_file():
             shutil.copy2(generation, self.directory / generation.name)
         return quantization
+
+
+def _attach_quantized_embedding(
+    model: nn.Module, quantization: dict, entry: dict, stored: dict[str, torch.Tensor], dtype: torch.dtype
+) -> None:
+    """Replace the embedding by a `QuantEmbedding` of its stored integers, or of the head's when
+    the two share one quantized tensor (read before the head is repacked for its kernel)."""
+    name = entry["module"]
+    if entry.get("shared_with"):
+        qw = model.get_submodule(entry["shared_with"]).quantized_weight()
+    else:
+        fmt, _, group_size, sym = layer_format(quantization)
+        group_size = dynamic_override(name, quantization, "group_size", group_size)
+        bits = dynamic_override(name, quantization, "bits", entry["bits"])
+        qw = (
+            unpack_gptq(stored, bits, group_size, sym)
+            if fmt == "gptq"
+            else unpack_awq(stored, group_size, sym)
+        )
+    model.set_submodule(name, QuantEmbedding.replacing(model.get_submodule(name), qw, dtype))
 
 
 def load_packed(
@@ -235,7 +317,13 @@ def load_packed(
     for shard in sorted(source.path.glob("*.safetensors")):
         state.update(load_file(shard))
     packed_names = quantized_module_names(state)
-    replace_with_quant_linears(model, quantization, packed_names)
+    embedding = quantization.get(EMBEDDING_KEY)
+    embedding_name = embedding["module"] if embedding else None
+    embedding_state = {
+        key.removeprefix(f"{embedding_name}."): state.pop(key)
+        for key in [key for key in state if embedding_name and key.startswith(f"{embedding_name}.")]
+    }
+    replace_with_quant_linears(model, quantization, packed_names - {embedding_name})
     for key, tensor in state.items():
         module, _, name = key.rpartition(".")
         is_packed = module in packed_names and name in PACKED_DTYPES  # stored exactly as they are
@@ -244,7 +332,11 @@ def load_packed(
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     del state
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if embedding_name:
+        tied.add(f"{embedding_name}.weight")
     check_loading_report(source, {"missing_keys": set(missing) - tied, "unexpected_keys": unexpected})
+    if embedding:
+        _attach_quantized_embedding(model, quantization, embedding, embedding_state, compute_dtype)
     model.tie_weights()
     model = model.to(target).eval()
     cache = compute_dtype == torch.float32 if cache_dequantized is None else cache_dequantized

@@ -181,7 +181,7 @@ def quantized_module_names(keys: Iterable[str]) -> set[str]:
     return {key[: -len(suffix)] for key in keys if key.endswith(suffix)}
 
 
-def _layer_format(quantization_config: dict) -> tuple[str, int, int, bool]:
+def layer_format(quantization_config: dict) -> tuple[str, int, int, bool]:
     """(fmt, bits, group_size, sym) from config.json's `quantization_config`; only layouts we pack."""
     method = quantization_config.get("quant_method")
     if method == "gptq":
@@ -222,17 +222,19 @@ def _matrix_shape(name: str, module: nn.Module) -> tuple[int, int]:
     )
 
 
-def dynamic_group_size(name: str, quantization_config: dict, default: int) -> int:
-    """A module's group size under gptqmodel's `dynamic` per-module overrides (`"+:REGEX": {...}`).
+def dynamic_override(name: str, quantization_config: dict, key: str, default: int) -> int:
+    """A module's `key` (group_size, bits) under gptqmodel's `dynamic` per-module overrides
+    (`"+:REGEX": {...}`).
 
     `compress` writes one override per layer whose width the requested group size does not divide
-    (its largest divisor below the request is used there), so every layer keeps whole groups.
+    (its largest divisor below the request is used there), so every layer keeps whole groups, and
+    one for a quantized output head or embedding, which have their own bits.
     """
     for pattern, overrides in (quantization_config.get("dynamic") or {}).items():
         if pattern.startswith("-:"):
             continue
-        if re.match(pattern.removeprefix("+:"), name) and "group_size" in overrides:
-            return int(overrides["group_size"])
+        if re.match(pattern.removeprefix("+:"), name) and key in overrides:
+            return int(overrides[key])
     return default
 
 
@@ -245,13 +247,14 @@ def replace_with_quant_linears(
     every linear in the decoder blocks not matched by `modules_to_not_convert` is swapped, and the
     embeddings and `lm_head` stay dense.
     """
-    fmt, bits, group_size, sym = _layer_format(quantization_config)
+    fmt, bits, group_size, sym = layer_format(quantization_config)
     if quantized_names is None:
         names = _default_quantized_names(model, quantization_config.get("modules_to_not_convert"))
     else:
         names = sorted(quantized_names)
     for name in names:
-        layer_group_size = dynamic_group_size(name, quantization_config, group_size)
+        layer_group_size = dynamic_override(name, quantization_config, "group_size", group_size)
+        layer_bits = dynamic_override(name, quantization_config, "bits", bits)
         try:
             module = model.get_submodule(name)
         except AttributeError as exc:
@@ -263,7 +266,7 @@ def replace_with_quant_linears(
                 fmt,
                 in_features,
                 out_features,
-                bits,
+                layer_bits,
                 layer_group_size,
                 sym,
                 has_bias,

@@ -121,6 +121,7 @@ def _packed(
     from compress.memory import prefer_mmap_for_large_allocations
     from compress.quantize.calibrated import check_group_size, quantize_gptq, quantize_rtn, with_default_group
     from compress.quantize.packed import FORMATS, PackedWriter, layer_shapes, packed_format
+    from compress.quantize.vocab import quantize_vocab, vocab_plan
     from compress.streaming import StreamedModel
 
     streamed = None
@@ -141,7 +142,10 @@ def _packed(
     _note_small_groups(shapes)
     fmt = packed_format(config, shapes)
     if config.method == "awq" and fmt != "awq":
-        console.notice("the AWQ GEMM layout cannot hold these layer widths; writing the GPTQ layout instead")
+        console.notice(
+            "the AWQ GEMM layout holds only 4-bit layers with output widths a multiple of 8; "
+            "writing the GPTQ layout instead"
+        )
     windows = None
     if config.method != "rtn":
         with timer.phase("calibration_data"):
@@ -182,10 +186,14 @@ def _packed(
             from compress.quantize.awq import quantize_awq
 
             results = quantize_awq(model, layout, input_ids, config, **hooks)
+        vocab = vocab_plan(model, config.head_bits, config.embedding_bits)
+        vocab_results = quantize_vocab(
+            vocab, writer.vocab_weights(vocab), config.nominal_group_size, config.symmetric
+        )
     with timer.phase("save"):
-        writer.finish(results)
+        writer.finish(results, vocab, vocab_results)
         copy_tokenizer_files(source.path, staging)
-    extra = {"layers": {r.name: {"group_size": r.group_size, **r.stats} for r in results}}
+    extra = {"layers": {r.name: {"group_size": r.group_size, **r.stats} for r in [*results, *vocab_results]}}
     calibration = windows.fingerprint.as_dict() if windows is not None else None
     return _Produced(model, FORMATS[fmt], calibration, extra)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from compress.quantize.qlinear import QuantLinear
+from compress.quantize.vocab import LOOKUP_KERNEL, QuantEmbedding
 
 
 def runtime_dtype(device: torch.device | str) -> torch.dtype:
@@ -46,6 +47,8 @@ def runtime_summary(model: nn.Module) -> dict:
             counts[module.plan.kernel] += 1
             if module.plan.note:
                 notes[module.plan.note] += 1
+        elif isinstance(module, QuantEmbedding):
+            counts[LOOKUP_KERNEL] += 1
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     summary: dict = {"dtype": str(dtype).removeprefix("torch."), "kernels": dict(sorted(counts.items()))}
     if notes:
