@@ -60,7 +60,6 @@ def build(source: Path, scratch: Path) -> dict[str, Path]:
             scratch / label.replace(" ", "-").replace("+", "and"),
             method="rtn",
             bits=4,
-            group_size=128,
             device="cpu",
             head_bits=head_bits,
             embedding_bits=embedding_bits,
@@ -99,8 +98,9 @@ def main() -> None:
         speeds = measure_speeds(models, settings)
         base = speeds["fp32"]
         print(
-            f"\n## SmolLM2-135M, RTN 4-bit g128 blocks: {args.max_tokens} TinyStories tokens for KLD; decode "
-            f"best of {args.repeats} interleaved, {base['threads']} threads, load {base['loadavg_1m']:.2f}"
+            f"\n## SmolLM2-135M, RTN 4-bit blocks in groups of 64: {args.max_tokens} TinyStories tokens "
+            f"for KLD; decode best of {args.repeats} interleaved, {base['threads']} threads, "
+            f"load {base['loadavg_1m']:.2f}"
         )
         print("| head / embedding | weights MB | KLD mean | ppl | decode b1 tok/s (× fp32) | head share b1 | "
               "decode b8 tok/s (× fp32) |")  # fmt: skip

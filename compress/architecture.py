@@ -8,8 +8,10 @@ refused in a second, before a hub download, a GGUF dequantization or any other h
 What discovery finds is recorded too: a mixture-of-experts model whose experts are stored as 3-D
 tensors (transformers 5 packs every expert of a block into one `gate_up_proj`/`down_proj` pair)
 has weights that are not linear layers. Casting and evaluation handle them like any tensor; the
-techniques that rewrite linear layers refuse them by name (`require_linear_weights`) rather than
-leave most of the model's bytes untouched under a 4-bit label.
+packed methods unfuse them into one linear pair per expert (`experts.py`) where transformers'
+experts decorator describes their layout; other techniques, and experts no decorator describes,
+are refused by name (`require_linear_weights`) rather than leave most of the model's bytes
+untouched under a 4-bit label.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from compress.errors import UnsupportedArchitectureError
+from compress.experts import is_fused_experts
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class ArchitectureFacts:
     blocks_path: str
     linear_names: tuple[str, ...]  # linear layers of the first block
     packed_experts: tuple[str, ...]  # parameters of the first block held as [experts, out, in] tensors
+    unfusable: bool = False  # every such parameter belongs to a transformers experts module
 
     @property
     def is_moe(self) -> bool:
@@ -94,11 +98,14 @@ def inspect_architecture(config, trust_remote_code: bool = False) -> Architectur
         ) from exc
     layout = discover_layout(model)  # raises UnsupportedArchitectureError with what it missed
     linears = tuple(layer.name for layer in layout.linear_layers(0))
+    experts = _packed_experts(layout.blocks[0], set(linears))
+    owners = {layout.blocks[0].get_submodule(name.rpartition(".")[0]) for name in experts}
     return ArchitectureFacts(
         model_type=model_type,
         blocks_path=layout.blocks_path,
         linear_names=linears,
-        packed_experts=_packed_experts(layout.blocks[0], set(linears)),
+        packed_experts=experts,
+        unfusable=bool(owners) and all(is_fused_experts(owner) for owner in owners),
     )
 
 

@@ -18,6 +18,7 @@ from conftest import FAMILIES, MOE_FAMILIES, TINYSTORIES_TEXT, assert_one_line_e
 import compress
 from compress.calibrate import capture_block_inputs
 from compress.evaluate.loaders import load_for_eval
+from compress.experts import unfuse_experts
 from compress.modeling import discover_layout, find_linear_layers, load_model, resolve_model
 from compress.prune.geometry import ARCHITECTURES as PRUNABLE
 from compress.quantize.config import QuantizeConfig
@@ -72,7 +73,7 @@ def test_family_quantizes_loads_generates_and_reloads_exactly(family, tiny_model
         torch.testing.assert_close(reloaded(input_ids=ids).logits, expected, rtol=1e-3, atol=2e-3)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + MOE_FAMILIES)
 def test_family_evaluates_prunes_distills_and_runs_a_recipe(
     family, tiny_model_dir, run_cli, calib_file, tmp_path
 ):
@@ -133,13 +134,73 @@ def test_each_block_is_calibrated_with_its_own_mask_and_rotary_tables(tiny_model
 
 
 @pytest.mark.parametrize("family", MOE_FAMILIES)
-def test_mixture_of_experts_is_refused_by_packed_methods_and_cast_by_the_others(
+def test_mixture_of_experts_quantizes_each_expert_on_the_tokens_routed_to_it(
+    family, tiny_model_dir, calib_file, tmp_path
+):
+    """Experts (stacked 3-D tensors in transformers 5) are unfused into one linear pair each: GPTQ
+    gathers each expert's Hessian from the tokens the router sends it (every token reaches top-k
+    experts), the router stays float, and the artifact reloads exactly as rounded in memory."""
+    source = tiny_model_dir(family)
+    ids = torch.randint(3, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+    for method in ("rtn", "gptq", "awq"):
+        calibration = {} if method == "rtn" else {"calib": str(calib_file), **CALIBRATION}
+        out = compress.quantize(
+            source, tmp_path / method, method=method, bits=4, group_size=GROUP, device="cpu", **calibration
+        )
+        model = load_for_eval(resolve_model(out), "cpu", "auto")
+        generated = model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        assert generated.shape == (1, ids.shape[1] + 4)
+    layers = compress.read_manifest(tmp_path / "gptq").extra["layers"]
+    config = load_model(resolve_model(source), "float32", "cpu").config
+    experts = config.num_local_experts if family == "mixtral" else config.num_experts
+    routed = sum(
+        layers[f"model.layers.0.mlp.experts.{e}.gate_up_proj"]["calibration_tokens"] for e in range(experts)
+    )
+    windows = CALIBRATION["calib_samples"] * CALIBRATION["seq_len"]
+    assert routed == windows * config.num_experts_per_tok
+    assert not any("gate" in name and "experts" not in name for name in layers)  # the router stays float
+    reference = load_model(resolve_model(source), "float32", "cpu")
+    unfuse_experts(reference)
+    for block in discover_layout(reference).blocks:
+        for layer in find_linear_layers(block):
+            matrix = layer.module.weight.data
+            matrix.copy_(rtn_quantize(matrix, 4, GROUP, True).dequantize())
+    reloaded = load_for_eval(resolve_model(tmp_path / "rtn"), "cpu", "float32")
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            reloaded(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-3, atol=2e-3
+        )
+
+
+def test_an_expert_with_too_few_calibration_tokens_is_rounded_with_a_notice(
+    tiny_model_dir, calib_file, tmp_path, monkeypatch, capsys
+):
+    from compress.quantize import calibrated
+
+    monkeypatch.setattr(calibrated, "MIN_CALIBRATION_TOKENS", 10**6)
+    out = compress.quantize(
+        tiny_model_dir("mixtral"), tmp_path / "q", method="gptq", bits=4, group_size=GROUP, device="cpu",
+        calib=str(calib_file), **CALIBRATION,
+    )  # fmt: skip
+    layers = compress.read_manifest(out).extra["layers"]
+    assert all(stats.get("rounded_instead") == 1.0 for stats in layers.values())
+    assert "too few calibration tokens for GPTQ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_mixture_of_experts_is_refused_where_experts_would_stay_dense(
     family, tiny_model_dir, run_cli, tmp_path
 ):
     source = tiny_model_dir(family)
-    code, _, err = run_cli("quantize", source, "--bits", "4", "--out", tmp_path / "q")
-    assert_one_line_error(code, err, "mixture-of-experts", f"'{family}'", "fp16 or bf16")
-    assert not (tmp_path / "q").exists()
+    cases = [
+        (("quantize", source, "-m", "int8"), ["mixture-of-experts", f"'{family}'", "rtn, gptq, awq"]),
+        (("quantize", source, "-m", "rtn", "--max-memory", "1GB"), ["does not stream", f"'{family}'"]),
+        (("sparsify", source), ["sparsify does not support the mixture-of-experts model"]),
+    ]
+    for args, fragments in cases:
+        code, _, err = run_cli(*args, "--out", tmp_path / "q")
+        assert_one_line_error(code, err, *fragments)
+        assert not (tmp_path / "q").exists()
     assert run_cli("-q", "quantize", source, "-m", "bf16", "--out", tmp_path / "bf16")[0] == 0
 
 

@@ -26,9 +26,11 @@ from compress.quantize.calibrated import (
     BlockDone,
     LayerDone,
     LayerResult,
+    RoundedInstead,
     apply_quantized,
     block_finished,
     keep_result,
+    too_few_tokens,
     weight_matrix,
 )
 from compress.quantize.config import QuantizeConfig
@@ -115,12 +117,17 @@ def quantize_awq(
 ) -> list[LayerResult]:
     """AWQ over every block: scale search and folding, clip search, then rounding."""
     results: list[LayerResult] = []
+    rounded = RoundedInstead()
 
     def collect(block: nn.Module, inputs: BlockInputs, layers: list[LinearLayer]) -> dict[str, torch.Tensor]:
         seen: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
         record_stage(block, inputs, layers, lambda layer, x: seen[layer.name].append(x.float()))
+        widths = {layer.name: layer.in_features for layer in layers}
         return {
-            name: _subsample(torch.cat(parts), MAX_SEARCH_TOKENS, config.seed) for name, parts in seen.items()
+            name: _subsample(
+                torch.cat(parts) if parts else torch.zeros(0, widths[name]), MAX_SEARCH_TOKENS, config.seed
+            )
+            for name, parts in seen.items()
         }
 
     def transform(index: int, block: nn.Module, inputs: BlockInputs, stages: list[list[LinearLayer]]) -> None:
@@ -128,15 +135,22 @@ def quantize_awq(
         for group in find_scale_groups(block, inputs, stages):
             consumers = [layers[name] for name in group.consumers]
             x = collect(block, inputs, consumers[:1])[consumers[0].name]
+            if too_few_tokens(x.shape[0], x.shape[1]):
+                continue  # no scale rather than one fitted to a handful of tokens
             scale = search_scale(x, [weight_matrix(layer) for layer in consumers], config)
             group.fold(block, layers, scale)
         observed = collect(block, inputs, list(layers.values()))
         for name, layer in layers.items():
+            full_name = f"{layout.blocks_path}.{index}.{name}"
+            if too_few_tokens(observed[name].shape[0], layer.in_features):
+                results.append(rounded.round(layer, full_name, config, observed[name].shape[0]))
+                layer_done(results[-1])
+                continue
             clipped = search_clip(
                 weight_matrix(layer), _subsample(observed[name], CLIP_TOKENS, config.seed), config
             )
             qw = rtn_quantize(clipped, config.bits, config.nominal_group_size, config.symmetric)
-            results.append(apply_quantized(layer, f"{layout.blocks_path}.{index}.{name}", qw, {}))
+            results.append(apply_quantized(layer, full_name, qw, {}))
             layer_done(results[-1])
 
     after_block = block_finished(layout, results, block_done)
@@ -151,4 +165,5 @@ def quantize_awq(
         after_block,
         config.calib_torch_dtype,
     )
+    rounded.notice("AWQ")
     return results

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from compress import console
 from compress.calibrate import (
     BlockHook,
     BlockInputs,
@@ -85,6 +86,37 @@ def apply_quantized(layer: LinearLayer, full_name: str, qw: QuantizedWeight, sta
     return LayerResult(full_name, qw, qw.group_size, stats)
 
 
+#: A layer that saw fewer calibration tokens than this, or than a quarter of its input width, is
+#: rounded to nearest instead: a router may send an expert a handful of tokens (or none), and a
+#: Hessian of that rank fits those tokens, not the expert's inputs.
+MIN_CALIBRATION_TOKENS = 16
+
+
+def too_few_tokens(tokens: int, in_features: int) -> bool:
+    return tokens < max(MIN_CALIBRATION_TOKENS, in_features // 4)
+
+
+class RoundedInstead:
+    """The layers rounded to nearest for want of calibration tokens: one notice for all of them."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, int] = {}
+
+    def round(self, layer: LinearLayer, full_name: str, config: QuantizeConfig, tokens: int) -> LayerResult:
+        self.layers[full_name] = tokens
+        qw = rtn_quantize(weight_matrix(layer), config.bits, config.nominal_group_size, config.symmetric)
+        return apply_quantized(layer, full_name, qw, {"calibration_tokens": tokens, "rounded_instead": 1.0})
+
+    def notice(self, method: str) -> None:
+        if self.layers:
+            name, tokens = next(iter(self.layers.items()))
+            console.notice(
+                f"{len(self.layers)} layer(s) saw too few calibration tokens for {method} and were rounded "
+                f"to nearest instead (e.g. {name}: {tokens} tokens); more --calib-samples route more "
+                "tokens to every expert"
+            )
+
+
 def check_group_size(layout: DecoderLayout, config: QuantizeConfig) -> None:
     """An explicit group size must divide every quantized layer's input width (no silent fallback),
     unless `group_fallback` asks for the per-layer fallback by name."""
@@ -150,12 +182,19 @@ def quantize_gptq(
 
     `batch_size` windows per forward; by default `forward_batch` of the window length."""
     results: list[LayerResult] = []
+    rounded = RoundedInstead()
 
     def transform(index: int, block: nn.Module, inputs: BlockInputs, stages: list[list[LinearLayer]]) -> None:
         for stage in stages:
             # The stage's layers read one tensor: one Hessian, gathered from the first of them.
             statistics = GPTQ(stage[0].in_features)
             record_stage(block, inputs, stage[:1], lambda layer, x, gptq=statistics: gptq.add_batch(x))
+            if too_few_tokens(statistics.samples, stage[0].in_features):
+                for layer in stage:
+                    name = f"{layout.blocks_path}.{index}.{layer.name}"
+                    results.append(rounded.round(layer, name, config, statistics.samples))
+                    layer_done(results[-1])
+                continue
             quantized = statistics.quantize_stacked(
                 [weight_matrix(layer) for layer in stage],
                 config.bits,
@@ -165,6 +204,7 @@ def quantize_gptq(
                 config.damp_percent,
             )
             for layer, (qw, stats) in zip(stage, quantized, strict=True):
+                stats = {**stats, "calibration_tokens": statistics.samples}
                 results.append(
                     apply_quantized(layer, f"{layout.blocks_path}.{index}.{layer.name}", qw, stats)
                 )
@@ -184,4 +224,5 @@ def quantize_gptq(
         after_block,
         config.calib_torch_dtype,
     )
+    rounded.notice("GPTQ")
     return results

@@ -162,6 +162,8 @@ class WeightOnlyKernel(nn.Module):
         # Called once per layer per decoded token: every branch here is worth skipping when idle.
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
+        if not flat.is_contiguous():  # the head at prefill reads one position of each row
+            flat = flat.contiguous()
         if flat.dtype != self.dtype:
             flat = flat.to(self.dtype)
         y = self.compute(flat)

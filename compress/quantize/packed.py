@@ -22,6 +22,7 @@ from torch import nn
 
 from compress.checkpoint import DEFAULT_SHARD_BYTES, CheckpointReader, ShardWriter
 from compress.errors import CompressError
+from compress.experts import EXPERTS_KEY, UnfusedExperts, unfuse_experts
 from compress.modeling import (
     DecoderLayout,
     ModelSource,
@@ -159,6 +160,7 @@ class PackedWriter:
         self.reader = CheckpointReader(source.path, model)
         self.shards = ShardWriter(directory, max_shard_bytes)
         self._outside = [name for name in model.state_dict() if not name.startswith(f"{self.blocks_path}.")]
+        self.unfused_experts = any(isinstance(module, UnfusedExperts) for module in model.modules())
 
     def _source_dtype(self, name: str, tensor_dtype: torch.dtype) -> torch.dtype:
         return self.reader.dtype(name) if name in self.reader else tensor_dtype
@@ -253,6 +255,8 @@ class PackedWriter:
         quantization = quantization_config_for(
             self.config, self.fmt, results, self.blocks_path, vocab, vocab_results
         )
+        if self.unfused_experts:
+            quantization[EXPERTS_KEY] = "one linear pair per expert"
         load_config(self.source).save_pretrained(self.directory)
         config_file = self.directory / "config.json"
         raw = json.loads(config_file.read_text())
@@ -316,6 +320,8 @@ def load_packed(
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(source.path.glob("*.safetensors")):
         state.update(load_file(shard))
+    if quantization.get(EXPERTS_KEY):
+        unfuse_experts(model)  # on the meta device: the per-expert linears the checkpoint fills
     packed_names = quantized_module_names(state)
     embedding = quantization.get(EMBEDDING_KEY)
     embedding_name = embedding["module"] if embedding else None

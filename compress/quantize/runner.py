@@ -24,7 +24,7 @@ from compress.artifact import (
     weight_statistics,
 )
 from compress.calibration_text import calibration_windows
-from compress.errors import CompressError
+from compress.errors import CompressError, UnsupportedArchitectureError
 from compress.modeling import (
     ModelSource,
     count_parameters,
@@ -118,6 +118,7 @@ def _packed(
     """RTN, GPTQ and AWQ: each block is packed into the artifact as soon as it is quantized."""
     from compress.calibrate import no_hook
     from compress.checkpoint import DEFAULT_SHARD_BYTES
+    from compress.experts import unfuse_experts
     from compress.memory import prefer_mmap_for_large_allocations
     from compress.quantize.calibrated import check_group_size, quantize_gptq, quantize_rtn, with_default_group
     from compress.quantize.packed import FORMATS, PackedWriter, layer_shapes, packed_format
@@ -128,6 +129,7 @@ def _packed(
     with timer.phase("load"):
         if config.max_memory is None:
             model = load_model(source, "float32", config.device, trust_remote_code, require_finite=True)
+            unfuse_experts(model)  # a mixture of experts: one linear pair per expert, quantized apart
             layout = discover_layout(model)
         else:
             # Before the first byte is read: the finiteness check's chunks would otherwise grow a heap
@@ -242,10 +244,14 @@ def quantize(
     inputs = command_inputs(source, options=config)
     check_output_dir(out_path, force, inputs)
     reject_quantized(source, trust_remote_code)
-    if config.method not in CAST_DTYPES:
-        require_linear_weights(
-            architecture_of(source.path, trust_remote_code), f"--method {config.method}", "use fp16 or bf16"
+    facts = architecture_of(source.path, trust_remote_code)
+    if facts.is_moe and config.method in PACKED_METHODS and config.max_memory is not None:
+        raise UnsupportedArchitectureError(
+            f"--max-memory does not stream the mixture-of-experts model '{facts.model_type}' yet; "
+            "leave it out"
         )
+    if config.method not in CAST_DTYPES and not (config.method in PACKED_METHODS and facts.unfusable):
+        require_linear_weights(facts, f"--method {config.method}", "use rtn, gptq, awq, fp16 or bf16")
 
     timer = PhaseTimer()
     if config.method in CAST_DTYPES:
