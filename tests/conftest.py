@@ -27,6 +27,16 @@ STORIES_MODEL = SHARED / "models" / "stories260K"
 TINYSTORIES_TEXT = SHARED / "data" / "tinystories" / "tinystories_valid_first1000.txt"
 
 TINY_VOCAB = 300
+#: The sizes of every tiny model: 2 blocks, hidden 32, 4 heads over 2 KV heads.
+TINY_SIZES = dict(
+    vocab_size=TINY_VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+)
 #: Fixtures that train or load a trained model: tests using one are not in the fast tier.
 TRAINED_MODEL_FIXTURES = {"demo", "pruned", "generations"}
 
@@ -52,15 +62,7 @@ def _tiny_configs() -> dict[str, object]:
         Qwen3Config,
     )
 
-    common = dict(
-        vocab_size=TINY_VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
+    common = dict(TINY_SIZES)
     return {
         "llama": LlamaConfig(**common),
         "mistral": MistralConfig(**common, sliding_window=None),
@@ -127,19 +129,7 @@ _MOE_FAMILIES = tuple(_MOE_OVERRIDES)
 def _family_config(model_type: str):
     from transformers import AutoConfig
 
-    sizes = dict(
-        vocab_size=TINY_VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    sizes = dict(TINY_SIZES, head_dim=8, pad_token_id=0, bos_token_id=0, eos_token_id=0)
     options = {**sizes, **_FAMILY_OVERRIDES.get(model_type, {}), **_MOE_OVERRIDES.get(model_type, {})}
     return AutoConfig.for_model(
         model_type, **{key: value for key, value in options.items() if value is not None}
@@ -149,6 +139,20 @@ def _family_config(model_type: str):
 #: The dense family matrix: the eight above and the further families.
 FAMILIES = ARCHITECTURES + tuple(_FAMILY_OVERRIDES)
 MOE_FAMILIES = _MOE_FAMILIES
+
+
+def round_block_linears(model, bits: int, group_size: int):
+    """`model` with every linear inside its decoder blocks rounded to nearest in place, as RTN
+    rounds it: what a packed artifact must reload as."""
+    from compress.modeling import discover_layout, find_linear_layers
+    from compress.quantize.rtn import rtn_quantize
+
+    for block in discover_layout(model).blocks:
+        for layer in find_linear_layers(block):
+            weight = layer.module.weight.data
+            matrix = weight.T if layer.transposed else weight
+            matrix.copy_(rtn_quantize(matrix, bits, group_size, True).dequantize())
+    return model
 
 
 @pytest.fixture(scope="session")

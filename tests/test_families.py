@@ -13,16 +13,14 @@ import json
 
 import pytest
 import torch
-from conftest import FAMILIES, MOE_FAMILIES, TINYSTORIES_TEXT, assert_one_line_error
+from conftest import FAMILIES, MOE_FAMILIES, TINYSTORIES_TEXT, assert_one_line_error, round_block_linears
 
 import compress
 from compress.calibrate import capture_block_inputs
 from compress.evaluate.loaders import load_for_eval
 from compress.experts import unfuse_experts
-from compress.modeling import discover_layout, find_linear_layers, load_model, resolve_model
+from compress.modeling import discover_layout, load_model, resolve_model
 from compress.prune.geometry import ARCHITECTURES as PRUNABLE
-from compress.quantize.config import QuantizeConfig
-from compress.quantize.rtn import rtn_quantize
 
 #: Small calibration and eval: the matrix runs every family in seconds.
 CALIBRATION = {"calib_samples": 8, "seq_len": 32}
@@ -36,41 +34,38 @@ def calib_file(tmp_path_factory):
     return path
 
 
-def _rtn_in_memory(source) -> torch.nn.Module:
-    """The source model with every block linear rounded as RTN rounds it, computed here."""
-    config = QuantizeConfig(method="rtn", bits=4, group_size=GROUP)
-    model = load_model(resolve_model(source), "float32", "cpu")
-    for block in discover_layout(model).blocks:
-        for layer in find_linear_layers(block):
-            weight = layer.module.weight.data
-            matrix = weight.T if layer.transposed else weight
-            rounded = rtn_quantize(
-                matrix, config.bits, config.nominal_group_size, config.symmetric
-            ).dequantize()
-            matrix.copy_(rounded)
-    return model
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_family_quantizes_loads_generates_and_reloads_exactly(family, tiny_model_dir, calib_file, tmp_path):
-    source = tiny_model_dir(family)
-    ids = torch.randint(3, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+def _quantize_load_generate(source, calib_file, tmp_path, ids) -> None:
+    """RTN, GPTQ and AWQ at 4 bits, each loaded on the runtime's kernels and dtype, generating."""
     for method in ("rtn", "gptq", "awq"):
         calibration = {} if method == "rtn" else {"calib": str(calib_file), **CALIBRATION}
         out = compress.quantize(
             source, tmp_path / method, method=method, bits=4, group_size=GROUP, device="cpu", **calibration
         )
         assert compress.read_manifest(out).method == method
-        model = load_for_eval(resolve_model(out), "cpu", "auto")  # the runtime's kernels and dtype
+        model = load_for_eval(resolve_model(out), "cpu", "auto")
         generated = model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
         assert generated.shape == (1, ids.shape[1] + 4)
         with torch.inference_mode():
             assert torch.isfinite(model(input_ids=ids).logits).all()
-    reloaded = load_for_eval(resolve_model(tmp_path / "rtn"), "cpu", "float32")
+
+
+def _reloads_as_rounded(artifact, reference, ids) -> None:
+    """The RTN artifact, scored exactly, gives the logits of the source rounded in memory."""
+    reloaded = load_for_eval(resolve_model(artifact), "cpu", "float32")
+    expected = round_block_linears(reference, 4, GROUP)
     with torch.inference_mode():
-        expected = _rtn_in_memory(source)(input_ids=ids).logits
         # Scales are stored in float16: 1e-3 of rounding; a mis-packed layer moves logits by O(1).
-        torch.testing.assert_close(reloaded(input_ids=ids).logits, expected, rtol=1e-3, atol=2e-3)
+        torch.testing.assert_close(
+            reloaded(input_ids=ids).logits, expected(input_ids=ids).logits, rtol=1e-3, atol=2e-3
+        )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_quantizes_loads_generates_and_reloads_exactly(family, tiny_model_dir, calib_file, tmp_path):
+    source = tiny_model_dir(family)
+    ids = torch.randint(3, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+    _quantize_load_generate(source, calib_file, tmp_path, ids)
+    _reloads_as_rounded(tmp_path / "rtn", load_model(resolve_model(source), "float32", "cpu"), ids)
 
 
 @pytest.mark.parametrize("family", FAMILIES + MOE_FAMILIES)
@@ -142,14 +137,7 @@ def test_mixture_of_experts_quantizes_each_expert_on_the_tokens_routed_to_it(
     experts), the router stays float, and the artifact reloads exactly as rounded in memory."""
     source = tiny_model_dir(family)
     ids = torch.randint(3, 300, (1, 12), generator=torch.Generator().manual_seed(0))
-    for method in ("rtn", "gptq", "awq"):
-        calibration = {} if method == "rtn" else {"calib": str(calib_file), **CALIBRATION}
-        out = compress.quantize(
-            source, tmp_path / method, method=method, bits=4, group_size=GROUP, device="cpu", **calibration
-        )
-        model = load_for_eval(resolve_model(out), "cpu", "auto")
-        generated = model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        assert generated.shape == (1, ids.shape[1] + 4)
+    _quantize_load_generate(source, calib_file, tmp_path, ids)
     layers = compress.read_manifest(tmp_path / "gptq").extra["layers"]
     config = load_model(resolve_model(source), "float32", "cpu").config
     experts = config.num_local_experts if family == "mixtral" else config.num_experts
@@ -161,15 +149,7 @@ def test_mixture_of_experts_quantizes_each_expert_on_the_tokens_routed_to_it(
     assert not any("gate" in name and "experts" not in name for name in layers)  # the router stays float
     reference = load_model(resolve_model(source), "float32", "cpu")
     unfuse_experts(reference)
-    for block in discover_layout(reference).blocks:
-        for layer in find_linear_layers(block):
-            matrix = layer.module.weight.data
-            matrix.copy_(rtn_quantize(matrix, 4, GROUP, True).dequantize())
-    reloaded = load_for_eval(resolve_model(tmp_path / "rtn"), "cpu", "float32")
-    with torch.inference_mode():
-        torch.testing.assert_close(
-            reloaded(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-3, atol=2e-3
-        )
+    _reloads_as_rounded(tmp_path / "rtn", reference, ids)
 
 
 def test_an_expert_with_too_few_calibration_tokens_is_rounded_with_a_notice(

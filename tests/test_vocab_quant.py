@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, round_block_linears
 
 import compress
 from compress.evaluate.loaders import load_for_eval
-from compress.modeling import discover_layout, find_linear_layers, load_model, resolve_model
-from compress.quantize.rtn import rtn_quantize
+from compress.modeling import load_model, resolve_model
 from compress.quantize.runtime import runtime_summary
 from compress.quantize.vocab import quantize_rows
 
@@ -24,12 +23,7 @@ COMBINATIONS = [(8, None), (4, None), (None, 8), (8, 8), (4, 4), (8, 4)]
 
 def _rounded_in_memory(source, head_bits, embedding_bits):
     """The source with its block linears, head and embedding rounded as the artifact claims."""
-    model = load_model(resolve_model(source), "float32", "cpu")
-    for block in discover_layout(model).blocks:
-        for layer in find_linear_layers(block):
-            weight = layer.module.weight.data
-            matrix = weight.T if layer.transposed else weight
-            matrix.copy_(rtn_quantize(matrix, 4, GROUP, True).dequantize())
+    model = round_block_linears(load_model(resolve_model(source), "float32", "cpu"), 4, GROUP)
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     table = embedding.weight.data.clone()
     with torch.no_grad():
