@@ -137,7 +137,8 @@ class LogProbChunk:
 
 def _keeps_logits(model: nn.Module) -> bool:
     """Whether the model's forward computes logits only at chosen positions (`logits_to_keep`)."""
-    return "logits_to_keep" in inspect.signature(model.forward).parameters and hasattr(model, "base_model")
+    parameters = inspect.signature(model.forward).parameters
+    return "logits_to_keep" in parameters and getattr(model, "base_model", model) is not model
 
 
 @contextmanager

@@ -72,10 +72,10 @@ def layer_shapes(layout: DecoderLayout, config: QuantizeConfig) -> list[tuple[in
 
 def packed_format(config: QuantizeConfig, shapes: list[tuple[int, int, int]]) -> str:
     """AWQ results go in AWQ's GEMM layout when it can hold them (4-bit, output widths a multiple
-    of 8); otherwise, like every other packed result, in the GPTQ layout (valid for AWQ's integers:
-    contiguous groups, zero points stored)."""
-    if config.method != "awq" or config.bits != 4 or 8 in (config.head_bits, config.embedding_bits):
-        return "gptq"
+    of 8, no quantized head or embedding); otherwise, like every other packed result, in the GPTQ
+    layout (valid for AWQ's integers: contiguous groups, zero points stored)."""
+    if config.method != "awq" or config.bits != 4 or config.head_bits or config.embedding_bits:
+        return "gptq"  # no AWQ runtime reads a quantized head or embedding; gptqmodel reads the head
     for in_features, out_features, group_size in shapes:
         try:
             packed_shapes("awq", in_features, out_features, 4, group_size)

@@ -145,8 +145,8 @@ def _packed(
     fmt = packed_format(config, shapes)
     if config.method == "awq" and fmt != "awq":
         console.notice(
-            "the AWQ GEMM layout holds only 4-bit layers with output widths a multiple of 8; "
-            "writing the GPTQ layout instead"
+            "the AWQ GEMM layout holds only 4-bit layers with output widths a multiple of 8, and no "
+            "quantized head or embedding; writing the GPTQ layout instead"
         )
     windows = None
     if config.method != "rtn":
