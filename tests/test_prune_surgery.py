@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, TINY_VOCAB
+from conftest import TINY_VOCAB
 from torch import nn
 
 from compress.errors import CompressError, UnsupportedArchitectureError
@@ -25,6 +25,7 @@ from compress.prune.surgery import (
     remove_blocks,
 )
 
+ARCHITECTURES = tuple(SPECS)  # every model type pruning describes, each a tiny model of its family
 TIED_HEAD_SIZE = ("gpt2", "opt")  # attention head size is hidden // heads: no head pruning
 
 
@@ -197,13 +198,19 @@ def _residual_writers(model: nn.Module) -> list[tuple[nn.Module, int]]:
 def _kill_hidden_channels(model: nn.Module, dropped: list[int], kept: list[int]) -> None:
     """Make the dropped residual channels zero everywhere, so removing them must change nothing.
 
-    The token embeddings are scaled up first so that norm epsilons are negligible. LayerNorm centres
-    over every channel, so for it every write to the residual stream is also made zero-mean, the
-    norms output zero on dropped channels, and (GPT-2, OPT: heads shrink with the hidden size) two
-    query and two value dimensions of every head are made dead too.
+    The token embeddings are scaled up first so that norm epsilons are negligible (post-norms,
+    which normalise a block's small outputs rather than the residual, get no epsilon at all).
+    LayerNorm centres over every channel, so for it every write to the residual stream is also made
+    zero-mean, the norms output zero on dropped channels, and (GPT-2, OPT: heads shrink with the
+    hidden size) two query and two value dimensions of every head are made dead too.
     """
     writers = _residual_writers(model)
     writers[0][0].weight.mul_(30.0)
+    if len(_spec(model).norms) > 2:  # post-norms (Gemma 2/3) see the writers' small outputs: no eps
+        model.config.rms_norm_eps = 1e-12  # rebuilt blocks read it
+        for module in model.modules():
+            if isinstance(getattr(module, "eps", None), float):
+                module.eps = 1e-12
     layer_norm = any(isinstance(module, nn.LayerNorm) for module in model.modules())
     for module, axis in writers:
         _kill_channels(module.weight, axis, dropped, kept, layer_norm)

@@ -58,6 +58,18 @@ _LLAMA = Architecture(
     norms=("input_layernorm", "post_attention_layernorm"),
 )
 
+_GEMMA2 = replace(
+    _LLAMA,
+    norms=(
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ),
+    norm_offset=1.0,
+    embedding_scaled=True,
+)
+
 #: Qwen3's q_norm/k_norm normalise over head_dim, which no pruning here changes, so they are not listed.
 ARCHITECTURES: dict[str, Architecture] = {
     "llama": _LLAMA,
@@ -65,6 +77,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
     "gemma": replace(_LLAMA, norm_offset=1.0, embedding_scaled=True),
+    # Gemma 2 and 3 add a norm after attention and one before and after the MLP, all residual-wide;
+    # Gemma 3's q/k norms span head_dim, which no pruning here changes.
+    "gemma2": _GEMMA2,
+    "gemma3_text": _GEMMA2,
+    "granite": _LLAMA,  # its multipliers scale whole tensors, whatever their width
     "phi3": replace(
         _LLAMA,
         attention_inputs={"self_attn.qkv_proj": ("q", "k", "v")},
