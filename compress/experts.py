@@ -82,6 +82,17 @@ class UnfusedExperts(nn.Module):
         return output
 
 
+def expert_layer_names(block: nn.Module) -> set[str]:
+    """The names (inside `block`) of the linear layers that belong to unfused experts."""
+    return {
+        f"{name}.{expert}.{layer}"
+        for name, module in block.named_modules()
+        if isinstance(module, UnfusedExperts)
+        for expert in range(module.num_experts)
+        for layer in (module.first, "down_proj")
+    }
+
+
 def unfuse_experts(model: nn.Module) -> int:
     """Replace every fused experts module of `model` by its `UnfusedExperts`; returns how many."""
     names = [name for name, module in model.named_modules() if is_fused_experts(module)]

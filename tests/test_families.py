@@ -163,7 +163,8 @@ def test_an_expert_with_too_few_calibration_tokens_is_rounded_with_a_notice(
         calib=str(calib_file), **CALIBRATION,
     )  # fmt: skip
     layers = compress.read_manifest(out).extra["layers"]
-    assert all(stats.get("rounded_instead") == 1.0 for stats in layers.values())
+    rounded = {name for name, stats in layers.items() if stats.get("rounded_instead") == 1.0}
+    assert rounded == {name for name in layers if ".experts." in name}  # dense layers see every token
     assert "too few calibration tokens for GPTQ" in capsys.readouterr().err
 
 

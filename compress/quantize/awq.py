@@ -21,6 +21,7 @@ from compress.calibrate import (
     no_hook,
     record_stage,
 )
+from compress.experts import expert_layer_names
 from compress.modeling import DecoderLayout, LinearLayer
 from compress.quantize.calibrated import (
     BlockDone,
@@ -132,17 +133,18 @@ def quantize_awq(
 
     def transform(index: int, block: nn.Module, inputs: BlockInputs, stages: list[list[LinearLayer]]) -> None:
         layers = {layer.name: layer for stage in stages for layer in stage}
+        experts = expert_layer_names(block)
         for group in find_scale_groups(block, inputs, stages):
             consumers = [layers[name] for name in group.consumers]
             x = collect(block, inputs, consumers[:1])[consumers[0].name]
-            if too_few_tokens(x.shape[0], x.shape[1]):
+            if consumers[0].name in experts and too_few_tokens(x.shape[0], x.shape[1]):
                 continue  # no scale rather than one fitted to a handful of tokens
             scale = search_scale(x, [weight_matrix(layer) for layer in consumers], config)
             group.fold(block, layers, scale)
         observed = collect(block, inputs, list(layers.values()))
         for name, layer in layers.items():
             full_name = f"{layout.blocks_path}.{index}.{name}"
-            if too_few_tokens(observed[name].shape[0], layer.in_features):
+            if name in experts and too_few_tokens(observed[name].shape[0], layer.in_features):
                 results.append(rounded.round(layer, full_name, config, observed[name].shape[0]))
                 layer_done(results[-1])
                 continue

@@ -24,6 +24,7 @@ from compress.calibrate import (
     record_stage,
 )
 from compress.errors import CompressError
+from compress.experts import expert_layer_names
 from compress.memory import return_freed_memory
 from compress.modeling import DecoderLayout, LinearLayer, find_linear_layers
 from compress.quantize.config import DEFAULT_GROUP_SIZE, QuantizeConfig
@@ -86,9 +87,9 @@ def apply_quantized(layer: LinearLayer, full_name: str, qw: QuantizedWeight, sta
     return LayerResult(full_name, qw, qw.group_size, stats)
 
 
-#: A layer that saw fewer calibration tokens than this, or than a quarter of its input width, is
+#: An expert that saw fewer calibration tokens than this, or than a quarter of its input width, is
 #: rounded to nearest instead: a router may send an expert a handful of tokens (or none), and a
-#: Hessian of that rank fits those tokens, not the expert's inputs.
+#: Hessian of that rank fits those tokens, not the expert's inputs. Dense layers see every token.
 MIN_CALIBRATION_TOKENS = 16
 
 
@@ -185,11 +186,12 @@ def quantize_gptq(
     rounded = RoundedInstead()
 
     def transform(index: int, block: nn.Module, inputs: BlockInputs, stages: list[list[LinearLayer]]) -> None:
+        experts = expert_layer_names(block)
         for stage in stages:
             # The stage's layers read one tensor: one Hessian, gathered from the first of them.
             statistics = GPTQ(stage[0].in_features)
             record_stage(block, inputs, stage[:1], lambda layer, x, gptq=statistics: gptq.add_batch(x))
-            if too_few_tokens(statistics.samples, stage[0].in_features):
+            if stage[0].name in experts and too_few_tokens(statistics.samples, stage[0].in_features):
                 for layer in stage:
                     name = f"{layout.blocks_path}.{index}.{layer.name}"
                     results.append(rounded.round(layer, name, config, statistics.samples))
